@@ -1,0 +1,32 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test` (see README.md).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+
+.PHONY: install data run test clean
+
+install: $(VENV)/.installed
+
+# torch/torchvision first, pinned to the pair on local disk: an unpinned resolve would pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# Fashion-MNIST, the offline default dataset: Debian's package when there is no local copy (needs apt-get + root).
+data:
+	@if [ ! -f $(FMNIST) ] && [ ! -f data/raw/fashion_mnist/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist \
+	  || echo "warning: could not install dataset-fashion-mnist; cnnlab will try to download Fashion-MNIST"; fi
+
+run: install data
+	$(BIN)/cnnlab prepare
+
+test: install data
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf data/prepared models reports logs mlflow.db mlartifacts

@@ -1,0 +1,95 @@
+"""`cnnlab <command> [hydra overrides]` → cnnlab.stages.<command>.run(cfg)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+
+COMMANDS = {
+    "prepare": "raw dataset → prepared train/val/test tensors + manifest.json",
+}
+
+USAGE = """usage: cnnlab <command> [key=value ...] [group=choice ...] [--cfg job] [-m] [--debug]
+
+commands:
+{commands}
+
+Overrides are Hydra's (e.g. `cnnlab prepare data=cifar10 data.val_size=5000`); `--cfg job` prints the
+resolved config, `-m` sweeps comma-separated values, `--debug` shows full tracebacks."""
+
+
+def _one_line(text: str) -> str:
+    """Hydra's composition errors span many lines (option lists, search paths); keep what matters."""
+    text = text.split("\nConfig search path")[0]
+    return re.sub(r"\s*\n\s*", " ", text.replace(":\n\t", ": ").replace("\n\t", ", ")).strip()
+
+
+def _fail(command: str, message: str) -> None:
+    print(f"cnnlab {command}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _validate(command: str, overrides: list[str]) -> None:
+    """Compose once before Hydra takes over, so a wrong key or choice is one clear line, not a traceback."""
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from cnnlab.config import compose
+
+    overrides = [o for o in overrides if not o.startswith("hydra.")]
+    try:
+        compose(overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        message = _one_line(str(e))
+        if m := re.match(r"Could not override '([\w.]+)'", message):  # name the keys that do exist there
+            parent, _, key = m.group(1).rpartition(".")
+            try:
+                node = compose([o for o in overrides if not o.lstrip("~+").startswith(m.group(1) + "=")])
+                node = OmegaConf.select(node, parent) if parent else node
+                message = f"unknown key {m.group(1)!r}; valid keys{' in ' + parent if parent else ''}: " \
+                          f"{', '.join(node.keys())} (prefix with + to add a new key)"
+            except (HydraException, OmegaConfBaseException, AttributeError):
+                pass
+        _fail(command, message)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE.format(commands="\n".join(f"  {k:<10} {v}" for k, v in COMMANDS.items())))
+        return
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        _fail(command, f"unknown command; valid: {', '.join(COMMANDS)}")
+    debug = "--debug" in rest
+    rest = [a for a in rest if a != "--debug"]
+    if debug:
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    multirun = any(a in ("-m", "--multirun") for a in rest)
+    if not multirun and not debug:
+        _validate(command, [a for a in rest if "=" in a and not a.startswith("-")])
+
+    import hydra
+
+    from cnnlab.config import conf_dir
+    from cnnlab.errors import UserError
+
+    stage = importlib.import_module(f"cnnlab.stages.{command}")
+
+    def task(cfg):
+        try:
+            return stage.run(cfg)
+        except UserError as e:
+            if debug:
+                raise
+            _fail(command, str(e))
+
+    sys.argv = [f"cnnlab-{command}", *rest, f"hydra.job.name={command}"]
+    hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(task)()
+
+
+if __name__ == "__main__":
+    main()

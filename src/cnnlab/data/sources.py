@@ -1,0 +1,244 @@
+"""Raw dataset readers. Each returns a `Raw`: uint8 NCHW images and int64 labels for train and test.
+
+Readers look for the official files locally first (paths from config), then download with torchvision when
+`data.download` is true and the network answers. They never fall back to other data.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import pickle
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from cnnlab.data.archives import check_md5, extract
+from cnnlab.errors import UserError
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class Raw:
+    train_x: np.ndarray  # uint8 [N, C, H, W]
+    train_y: np.ndarray  # int64 [N]
+    test_x: np.ndarray | None
+    test_y: np.ndarray | None
+    classes: list[str]
+    source: dict = field(default_factory=dict)  # provenance recorded in the manifest
+
+
+def _download(cfg: DictConfig, raw_dir: Path, torchvision_name: str) -> None:
+    """Fetch with torchvision into raw_dir; a clear error when offline."""
+    import torchvision.datasets as tvd
+
+    try:
+        getattr(tvd, torchvision_name)(root=str(raw_dir), train=True, download=True)
+        getattr(tvd, torchvision_name)(root=str(raw_dir), train=False, download=True)
+    except Exception as e:  # network errors come in many types (URLError, socket, HTTP, RuntimeError)
+        raise UserError(f"{cfg.name}: raw data not found locally and download failed ({type(e).__name__}: {e})") from e
+
+
+# --- MNIST-like idx files -------------------------------------------------------------------------------
+
+MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+def _read_idx(path: Path, checksums: DictConfig | None) -> np.ndarray:
+    try:
+        blob = path.read_bytes()
+        payload = gzip.decompress(blob)
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise UserError(f"corrupt archive {path}: {e}") from e
+    if checksums is not None and path.name in checksums:
+        # Either the upstream .gz md5 or the md5 of the decompressed payload is accepted: Debian's
+        # dataset-fashion-mnist re-compresses the same idx payload, so only the payload hash matches there.
+        ok = checksums[path.name]
+        got_gz, got_raw = hashlib.md5(blob).hexdigest(), hashlib.md5(payload).hexdigest()
+        if got_gz not in ok and got_raw not in ok:
+            raise UserError(f"checksum mismatch for {path}: md5 {got_gz} (payload {got_raw}), expected one of {list(ok)}")
+    if len(payload) < 8 or payload[:2] != b"\x00\x00" or payload[2] != 0x08:
+        raise UserError(f"corrupt archive {path}: not an idx file of unsigned bytes")
+    ndim = payload[3]
+    dims = [int.from_bytes(payload[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(payload, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise UserError(f"corrupt archive {path}: {data.size} bytes of data, header says {dims}")
+    return data.reshape(dims)
+
+
+def read_mnist(cfg: DictConfig, raw_dir: Path) -> Raw:
+    local = raw_dir / cfg.name
+    candidates = [local, raw_dir / cfg.torchvision_name / "raw", *map(Path, cfg.get("system_dirs", []))]
+    found = next((d for d in candidates if all((d / f).is_file() for f in MNIST_FILES)), None)
+    if found is None and cfg.download:
+        try:
+            _download(cfg, raw_dir, cfg.torchvision_name)
+        except UserError as e:
+            raise UserError(
+                f"{e}. Put {', '.join(MNIST_FILES)} in {local}/"
+                + (f" (offline: {cfg.offline_hint})" if cfg.get("offline_hint") else "")) from e
+        found = raw_dir / cfg.torchvision_name / "raw"
+    if found is None:
+        missing = [f for f in MNIST_FILES if not (local / f).is_file()]
+        raise UserError(f"{cfg.name}: missing {', '.join(missing)} in {local}/ and download is off"
+                        + (f" (offline: {cfg.offline_hint})" if cfg.get("offline_hint") else ""))
+    arrays = [_read_idx(found / f, cfg.get("checksums")) for f in MNIST_FILES]
+    train_x, train_y, test_x, test_y = arrays
+    return Raw(train_x[:, None], train_y.astype(np.int64), test_x[:, None], test_y.astype(np.int64),
+               list(cfg.classes), {"dir": str(found), "files": list(MNIST_FILES)})
+
+
+# --- CIFAR python pickles ------------------------------------------------------------------------------
+
+
+def read_cifar(cfg: DictConfig, raw_dir: Path) -> Raw:
+    batches = raw_dir / cfg.folder
+    archive = raw_dir / cfg.archive
+    if not batches.is_dir():
+        if not archive.is_file():
+            if not cfg.download:
+                raise UserError(f"{cfg.name}: missing {archive} (or its extracted {batches}/) and download is off; "
+                                f"copy the official {cfg.archive} there")
+            try:
+                _download(cfg, raw_dir, cfg.torchvision_name)
+            except UserError as e:
+                raise UserError(f"{e}. Copy the official {cfg.archive} into {raw_dir}/") from e
+        else:
+            check_md5(archive, cfg.archive_md5)
+            extract(archive, raw_dir / f".{cfg.folder}.extract")
+            (raw_dir / f".{cfg.folder}.extract" / cfg.folder).rename(batches)
+            (raw_dir / f".{cfg.folder}.extract").rmdir()
+    # md5 before unpickling: only the official, known files are ever unpickled.
+    for name, md5 in {**cfg.train_files, **cfg.test_files, cfg.meta_file: cfg.meta_md5}.items():
+        if not (batches / name).is_file():
+            raise UserError(f"{cfg.name}: missing {batches / name}; re-extract the official {cfg.archive}")
+        check_md5(batches / name, md5)
+
+    def load(names) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for name in names:
+            with open(batches / name, "rb") as f:
+                d = pickle.load(f, encoding="latin1")
+            xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(d[cfg.label_key], dtype=np.int64))
+        return np.concatenate(xs), np.concatenate(ys)
+
+    with open(batches / cfg.meta_file, "rb") as f:
+        classes = pickle.load(f, encoding="latin1")[cfg.classes_key]
+    train_x, train_y = load(cfg.train_files)
+    test_x, test_y = load(cfg.test_files)
+    return Raw(train_x, train_y, test_x, test_y, list(classes), {"dir": str(batches), "archive_md5": cfg.archive_md5})
+
+
+# --- image folders -------------------------------------------------------------------------------------
+
+
+def _decode(job: tuple[str, int, int]) -> np.ndarray | str:
+    """Decode one image to uint8 CHW at the target size; an error string instead of raising, so the
+    parent can name the file (and skip it when asked)."""
+    from PIL import Image
+
+    path, size, channels = job
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.Resampling.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
+    except Exception as e:  # PIL raises many types for truncated/unknown files
+        return f"{type(e).__name__}: {e}"
+    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+
+
+def _scan(split_dir: Path, classes: list[str] | None) -> tuple[list[str], list[Path], list[int]]:
+    dirs = sorted(d for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not dirs:
+        raise UserError(f"no class folders in {split_dir} (expected {split_dir}/<class>/<image files>)")
+    names = [d.name for d in dirs]
+    if classes is not None and not set(names) <= set(classes):
+        raise UserError(f"{split_dir} has classes not in train/: {sorted(set(names) - set(classes))}")
+    classes = classes or names
+    files, labels = [], []
+    for d in dirs:
+        imgs = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        if not imgs:
+            raise UserError(f"empty class folder {d} (no {'/'.join(sorted(IMAGE_EXTS))} files)")
+        files += imgs
+        labels += [classes.index(d.name)] * len(imgs)
+    return classes, files, labels
+
+
+def _load_images(files: list[Path], labels: list[int], cfg: DictConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    jobs = [(str(f), cfg.image_size, cfg.channels) for f in files]
+    if cfg.num_workers > 1 and len(jobs) > 1000:
+        with Pool(cfg.num_workers) as pool:
+            out = pool.map(_decode, jobs, chunksize=512)
+    else:
+        out = list(map(_decode, jobs))
+    bad = [(f, r) for f, r in zip(files, out) if isinstance(r, str)]
+    if bad and not cfg.skip_bad_images:
+        f, r = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise UserError(f"cannot read image {f}: {r}{more}; set data.skip_bad_images=true to skip bad images")
+    keep = [i for i, r in enumerate(out) if not isinstance(r, str)]
+    if not keep:
+        raise UserError(f"no readable images among {len(files)} files")
+    x = np.stack([out[i] for i in keep])
+    y = np.asarray([labels[i] for i in keep], dtype=np.int64)
+    return x, y, [str(f) for f, _ in bad]
+
+
+def read_image_folder(cfg: DictConfig, raw_dir: Path) -> Raw:
+    if cfg.root is None:
+        raise UserError("image_folder needs data.root=<dir or archive with train/<class>/*.jpg>")
+    root = Path(cfg.root)
+    if root.is_file():  # users often bring their data as one archive
+        root = extract(root, raw_dir / root.name.split(".")[0])
+    if not (root / "train").is_dir():
+        inner = [d for d in root.iterdir() if (d / "train").is_dir()] if root.is_dir() else []
+        if len(inner) != 1:
+            raise UserError(f"no {root}/train/ folder (expected {root}/train/<class>/<images>, optional {root}/test/)")
+        root = inner[0]
+    classes, files, labels = _scan(root / "train", None)
+    train_x, train_y, bad = _load_images(files, labels, cfg)
+    test_x = test_y = None
+    if (root / "test").is_dir():
+        _, tfiles, tlabels = _scan(root / "test", classes)
+        test_x, test_y, tbad = _load_images(tfiles, tlabels, cfg)
+        bad += tbad
+    return Raw(train_x, train_y, test_x, test_y, classes,
+               {"root": str(root), "skipped_bad_images": len(bad), "skipped_files": bad})
+
+
+# --- synthetic (tests only) -----------------------------------------------------------------------------
+
+
+def read_synthetic(cfg: DictConfig, raw_dir: Path) -> Raw:
+    """Tiny learnable data FOR TESTS ONLY: each class is a fixed random low-frequency pattern plus noise."""
+    rng = np.random.default_rng(cfg.seed)
+    c, s, k = cfg.channels, cfg.image_size, cfg.num_classes
+    low = rng.uniform(0, 255, size=(k, c, 4, 4))
+    protos = low.repeat(s // 4 + 1, axis=2).repeat(s // 4 + 1, axis=3)[:, :, :s, :s]
+
+    def make(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.arange(n) % k
+        x = protos[y] + rng.normal(0, cfg.noise, size=(n, c, s, s))
+        return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.int64)
+
+    train_x, train_y = make(cfg.num_train)
+    test_x, test_y = make(cfg.num_test)
+    return Raw(train_x, train_y, test_x, test_y, [f"class_{i}" for i in range(k)],
+               {"generator": "synthetic (tests only)", "seed": cfg.seed})
+
+
+READERS: dict[str, Callable[[DictConfig, Path], Raw]] = {
+    "mnist": read_mnist, "cifar": read_cifar, "image_folder": read_image_folder, "synthetic": read_synthetic,
+}

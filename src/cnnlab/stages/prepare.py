@@ -1,0 +1,52 @@
+"""Stage `prepare`: raw dataset → prepared train/val/test tensors + manifest, written atomically."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from cnnlab.data.prepared import SPLITS, save_split, stratified_split
+from cnnlab.data.sources import READERS
+from cnnlab.errors import UserError
+from cnnlab.io import atomic_dir, sha256_file, write_json
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> dict:
+    d = cfg.data
+    if d.source not in READERS:
+        raise UserError(f"unknown data.source {d.source!r}; valid: {', '.join(READERS)}")
+    raw = READERS[d.source](d, Path(cfg.paths.raw_dir))
+    train_idx, val_idx = stratified_split(raw.train_y, d.val_size, d.split_seed)
+    splits = {"train": (raw.train_x[train_idx], raw.train_y[train_idx]),
+              "val": (raw.train_x[val_idx], raw.train_y[val_idx])}
+    if raw.test_x is not None:
+        splits["test"] = (raw.test_x, raw.test_y)
+    else:  # no official test split (e.g. an image folder without test/): carve one, seeded, disjoint from val
+        rest_idx, test_idx = stratified_split(raw.train_y[train_idx], d.test_size, d.split_seed + 1)
+        splits["test"] = splits["train"][0][test_idx], splits["train"][1][test_idx]
+        splits["train"] = splits["train"][0][rest_idx], splits["train"][1][rest_idx]
+
+    out = Path(cfg.paths.prepared_dir) / d.name
+    with atomic_dir(out) as tmp:
+        for name in SPLITS:
+            save_split(tmp / f"{name}.safetensors", *splits[name])
+        manifest = {
+            "name": d.name,
+            "source": {"reader": d.source, **raw.source},
+            "classes": raw.classes,
+            "num_classes": len(raw.classes),
+            "image_shape": list(raw.train_x.shape[1:]),
+            "split_seed": d.split_seed,
+            "sizes": {k: int(len(v[1])) for k, v in splits.items()},
+            "test_source": "official" if raw.test_x is not None else "carved from train",
+            "class_counts": {k: np.bincount(v[1], minlength=len(raw.classes)).tolist() for k, v in splits.items()},
+            "sha256": {f"{k}.safetensors": sha256_file(tmp / f"{k}.safetensors") for k in SPLITS},
+        }
+        write_json(tmp / "manifest.json", manifest)
+    log.info("prepared %s → %s: %s, images %s", d.name, out, manifest["sizes"], manifest["image_shape"])
+    return manifest["sizes"]
