@@ -9,6 +9,9 @@ import sys
 
 COMMANDS = {
     "prepare": "raw dataset → prepared train/val/test tensors + manifest.json",
+    "summary": "Keras-style table of a model's layers, output shapes and parameter counts",
+    "train": "train a model (Lightning), checkpoints + history + one MLflow run",
+    "evaluate": "test-split metrics, confusion matrix, prediction grids → reports/<run>/eval/",
 }
 
 USAGE = """usage: cnnlab <command> [key=value ...] [group=choice ...] [--cfg job] [-m] [--debug]
@@ -87,7 +90,10 @@ def main(argv: list[str] | None = None) -> None:
                 raise
             _fail(command, str(e))
 
-    sys.argv = [f"cnnlab-{command}", *rest, f"hydra.job.name={command}"]
+    # argparse (inside Hydra) rejects overrides on both sides of a flag: put all overrides first.
+    overrides = [a for a in rest if "=" in a and not a.startswith("-")]
+    flags = [a for a in rest if a not in overrides]
+    sys.argv = [f"cnnlab-{command}", f"hydra.job.name={command}", *overrides, *flags]
     hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(task)()
 
 

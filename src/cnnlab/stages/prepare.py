@@ -45,6 +45,9 @@ def run(cfg: DictConfig) -> dict:
             "sizes": {k: int(len(v[1])) for k, v in splits.items()},
             "test_source": "official" if raw.test_x is not None else "carved from train",
             "class_counts": {k: np.bincount(v[1], minlength=len(raw.classes)).tolist() for k, v in splits.items()},
+            # per-channel statistics of the train split, in [0, 1] units: models normalise with these
+            "mean": (splits["train"][0].mean(axis=(0, 2, 3), dtype=np.float64) / 255).round(6).tolist(),
+            "std": (splits["train"][0].std(axis=(0, 2, 3), dtype=np.float64) / 255).round(6).tolist(),
             "sha256": {f"{k}.safetensors": sha256_file(tmp / f"{k}.safetensors") for k in SPLITS},
         }
         write_json(tmp / "manifest.json", manifest)

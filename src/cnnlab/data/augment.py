@@ -1,0 +1,50 @@
+"""Whole-batch conversion and augmentation on the batch's device (one kernel per op, no per-image loop)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 [B,C,H,W] → float, (x/255 - mean) / std per channel."""
+    return (images.float().div_(255) - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
+def random_crop(x: torch.Tensor, padding: int) -> torch.Tensor:
+    """Random translation by up to `padding` px (reflect-padded, then a random HxW window per image)."""
+    b, _, h, w = x.shape
+    xp = F.pad(x, (padding,) * 4, mode="reflect")
+    dy = torch.randint(0, 2 * padding + 1, (b,), device=x.device)
+    dx = torch.randint(0, 2 * padding + 1, (b,), device=x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # [B,1,H,1]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # [B,1,1,W]
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return xp[batch, chan, rows, cols]
+
+
+def random_flip(x: torch.Tensor) -> torch.Tensor:
+    flip = torch.rand(x.shape[0], device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def cutout(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Zero a size×size square at a random centre per image (DeVries & Taylor 2017; may overlap the border)."""
+    b, _, h, w = x.shape
+    top = torch.randint(0, h, (b, 1, 1), device=x.device) - size // 2
+    left = torch.randint(0, w, (b, 1, 1), device=x.device) - size // 2
+    ys = torch.arange(h, device=x.device)[None, :, None]
+    xs = torch.arange(w, device=x.device)[None, None, :]
+    hole = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
+    return x.masked_fill(hole[:, None], 0.0)
+
+
+def augment(x: torch.Tensor, crop_padding: int = 0, flip: bool = False, cutout_size: int = 0) -> torch.Tensor:
+    if crop_padding:
+        x = random_crop(x, crop_padding)
+    if flip:
+        x = random_flip(x)
+    if cutout_size:
+        x = cutout(x, cutout_size)
+    return x

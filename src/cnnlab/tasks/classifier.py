@@ -1,0 +1,115 @@
+"""The one LightningModule for image classification. It rebuilds its network from the saved `net` config leaf,
+so a checkpoint alone is enough for `evaluate` and `predict`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torchmetrics.classification import MulticlassAccuracy
+
+from cnnlab.data.augment import augment, normalize
+from cnnlab.errors import UserError
+from cnnlab.models import build_model
+
+
+class InferenceNet(torch.nn.Module):
+    """What is logged to MLflow: float images in [0, 1], [B,C,H,W] → logits (normalisation included)."""
+
+    def __init__(self, net: torch.nn.Module, mean: list[float], std: list[float]):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+class Classifier(pl.LightningModule):
+    def __init__(
+        self,
+        net: dict,
+        in_shape: tuple[int, int, int],
+        num_classes: int,
+        class_names: list[str],
+        mean: list[float],
+        std: list[float],
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,  # params → optimizer (_partial_)
+        scheduler: Callable | None = None,  # (optimizer, total_steps, steps_per_epoch) → LR scheduler
+        label_smoothing: float = 0.0,
+        crop_padding: int = 0,
+        flip: bool = False,
+        cutout: int = 0,
+        channels_last: bool = False,
+        compile: bool = False,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)  # the stage logs the full config
+        self.net = build_model(OmegaConf.create(net), tuple(in_shape), num_classes)
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        # compile a wrapper, not the registered module, so checkpoint keys stay free of `_orig_mod.`
+        self._forward = torch.compile(self.net) if compile else self.net
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32), persistent=False)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised float images → logits."""
+        return self._forward(x)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        x, y = batch
+        x = normalize(x, self.mean, self.std)  # uint8 → float on the device: 4× less host→device traffic
+        if self._trainer is not None and self._trainer.training:  # `.trainer` raises when detached
+            x = augment(x, self.hparams.crop_padding, self.hparams.flip, self.hparams.cutout)
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def on_train_epoch_start(self) -> None:
+        # Dropout/augmentation randomness as a function of (seed, epoch, rank): a run resumed from an epoch
+        # boundary draws exactly what the uninterrupted run drew (Lightning does not checkpoint RNG state).
+        torch.manual_seed(self.hparams.seed * 100_003 + self.current_epoch * 1009 + self.global_rank)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        if not torch.isfinite(loss):
+            raise UserError(f"non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, step "
+                            f"{self.global_step}; lower optimizer.lr or set trainer.gradient_clip_val "
+                            "(the last good checkpoint is kept)")
+        self.train_acc(logits, y)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.val_acc(logits, y)
+        self.log("val/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True)
+        self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self(batch[0]).float()
+
+    def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            raise RuntimeError("Classifier built without an optimizer (loaded for inference only)")
+        opt = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return opt
+        total = int(self.trainer.estimated_stepping_batches)
+        sched = self.scheduler_factory(opt, total_steps=total,
+                                       steps_per_epoch=math.ceil(total / max(1, self.trainer.max_epochs)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

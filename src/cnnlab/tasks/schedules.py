@@ -1,0 +1,34 @@
+"""LR schedules, all stepped per optimizer step. Each is `f(optimizer, total_steps, steps_per_epoch, **cfg)` so
+configs stay declarative (`_partial_: true`) and the step counts come from the trainer at run time."""
+
+from __future__ import annotations
+
+import math
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
+
+
+def onecycle(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, pct_start: float = 0.25,
+             div_factor: float = 25.0, final_div_factor: float = 1e4) -> LRScheduler:
+    max_lr = [g["lr"] for g in optimizer.param_groups]  # the optimizer's lr is the peak
+    return OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start,
+                      div_factor=div_factor, final_div_factor=final_div_factor)
+
+
+def cosine(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, warmup_epochs: float = 0.0,
+           min_factor: float = 0.0) -> LRScheduler:
+    warmup = int(warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = (step - warmup) / max(1, total_steps - warmup)
+        return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+    return LambdaLR(optimizer, factor)
+
+
+def step(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, step_epochs: int = 10,
+         gamma: float = 0.1) -> LRScheduler:
+    return LambdaLR(optimizer, lambda s: gamma ** (s // (step_epochs * steps_per_epoch)))

@@ -1,0 +1,147 @@
+"""MLflow, in one place. Only global rank 0 talks to MLflow; a store that cannot be reached never stops a run:
+a warning says what was not logged, and the local files under paths.* keep everything."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import MLFlowLogger
+
+log = logging.getLogger(__name__)
+
+# MLflow's HTTP defaults (7 retries with exponential backoff, 120 s timeout) would stall a run for minutes
+# when the server goes away; keep it bounded unless the user set these themselves.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+
+
+def tracking_uri(cfg: DictConfig) -> str:
+    """cfg.tracking.uri, else a SQLite store at an absolute path (MLflow ≥3.13 refuses the ./mlruns file store)."""
+    return cfg.tracking.uri or f"sqlite:///{Path(cfg.paths.mlflow_db).resolve()}"
+
+
+def unreachable(uri: str, timeout: float = 3.0) -> str | None:
+    """Why an HTTP tracking server cannot be used now, or None (local stores are always reachable)."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as r:
+            return None if r.status == 200 else f"HTTP {r.status}"
+    except OSError as e:
+        return str(getattr(e, "reason", e))
+
+
+def git_state() -> dict[str, str]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10).stdout.strip()
+
+    try:
+        sha = git("rev-parse", "HEAD")
+        return {"git_sha": sha or "unknown", "git_dirty": str(bool(git("status", "--porcelain", "-uno")))}
+    except (OSError, subprocess.SubprocessError):
+        return {"git_sha": "unknown", "git_dirty": "unknown"}
+
+
+def flatten(cfg: DictConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+class SafeMLFlowLogger(MLFlowLogger):
+    """Lightning's MLflow logger that warns once and stops logging if the store fails mid-run."""
+
+    failed: str | None = None
+
+    def _guard(self, what: str, fn, *args, **kwargs) -> None:
+        if self.failed:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as e:  # MlflowException, requests/urllib errors, sqlite errors: the run goes on
+            self.failed = f"{type(e).__name__}: {e}"
+            log.warning("MLflow: %s not logged, and nothing more will be (%s); local files are complete",
+                        what, self.failed)
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self._guard("metrics", super().log_metrics, metrics, step)
+
+    def log_hyperparams(self, params) -> None:
+        self._guard("params", super().log_hyperparams, params)
+
+    def log_artifact(self, path: str | Path, subdir: str | None = None) -> None:
+        self._guard(f"artifact {path}", lambda: self.experiment.log_artifact(self.run_id, str(path), subdir))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._guard("tags", lambda: [self.experiment.set_tag(self.run_id, k, v) for k, v in tags.items()])
+
+    def finalize(self, status: str = "success") -> None:
+        self._guard("run status", super().finalize, status)
+
+
+def make_logger(cfg: DictConfig, run_name: str, run_id: str | None = None) -> SafeMLFlowLogger | None:
+    """The Lightning logger for a training run (its MLflow run is created lazily, on rank 0 only)."""
+    if not cfg.tracking.enabled:
+        return None
+    uri = tracking_uri(cfg)
+    if why := unreachable(uri):
+        log.warning("MLflow server %s unreachable (%s): this run is not tracked; local files are complete", uri, why)
+        return None
+    local = not uri.startswith(("http://", "https://"))
+    return SafeMLFlowLogger(
+        experiment_name=cfg.tracking.experiment, run_name=run_name, tracking_uri=uri, run_id=run_id,
+        tags={"dataset": cfg.data.name, "model": cfg.model.name, "recipe": cfg.get("recipe") or "default"},
+        artifact_location=Path(cfg.paths.mlflow_artifacts).resolve().as_uri() if local else None)
+
+
+def log_model(logger: SafeMLFlowLogger, net, example) -> None:
+    """`mlflow.pytorch.log_model` into the training run, with an input example (so a signature)."""
+    import mlflow
+    import torch
+
+    def _log() -> None:
+        mlflow.set_tracking_uri(logger._tracking_uri)
+        with mlflow.start_run(run_id=logger.run_id):
+            # explicit requirements: MLflow's inference would import-trace the model in a subprocess (slow)
+            mlflow.pytorch.log_model(net, name="model", input_example=example,
+                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+
+    logger._guard("model", _log)
+
+
+def log_run_files(cfg: DictConfig, run_id: str, files: dict[str, list[Path]], metrics: dict[str, float]) -> None:
+    """Add metrics and artifacts to an existing run (used by stages after training, e.g. evaluate)."""
+    if not cfg.tracking.enabled or run_id is None:
+        return
+    uri = tracking_uri(cfg)
+    if why := unreachable(uri):
+        log.warning("MLflow server %s unreachable (%s): metrics and %d artifacts not logged; see local files",
+                    uri, why, sum(map(len, files.values())))
+        return
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    try:
+        client = MlflowClient(uri)
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        for subdir, paths in files.items():
+            for p in paths:
+                client.log_artifact(run_id, str(p), subdir or None)
+    except Exception as e:  # as in SafeMLFlowLogger: never lose the run's local results over tracking
+        log.warning("MLflow: evaluation results not logged (%s: %s); see local files", type(e).__name__, e)

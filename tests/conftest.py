@@ -1,0 +1,40 @@
+"""Shared fixtures: every test runs in its own temporary working directory (paths.* are relative to it)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cnnlab.config import compose
+
+CNNLAB = str(Path(sys.executable).with_name("cnnlab"))
+
+
+@pytest.fixture(autouse=True)
+def workdir(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def cfg():
+    """compose(overrides) → the DictConfig a `cnnlab <command> <overrides>` run would get."""
+    return lambda *overrides: compose(list(overrides))
+
+
+def run_cli(*args: str, check: bool = True, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the installed `cnnlab` console script as a user would, in the current directory."""
+    p = subprocess.run([CNNLAB, *args], capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, **(env or {})})
+    if check and p.returncode != 0:
+        raise AssertionError(f"cnnlab {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+@pytest.fixture
+def cli():
+    return run_cli
