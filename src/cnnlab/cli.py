@@ -82,7 +82,11 @@ def main(argv: list[str] | None = None) -> None:
 
     stage = importlib.import_module(f"cnnlab.stages.{command}")
 
+    original_argv = list(sys.argv)
+
     def task(cfg):
+        # Lightning's DDP launcher re-runs sys.argv for ranks > 0: give it back the user's command line
+        sys.argv = original_argv
         try:
             return stage.run(cfg)
         except UserError as e:
@@ -93,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     # argparse (inside Hydra) rejects overrides on both sides of a flag: put all overrides first.
     overrides = [a for a in rest if "=" in a and not a.startswith("-")]
     flags = [a for a in rest if a not in overrides]
-    sys.argv = [f"cnnlab-{command}", f"hydra.job.name={command}", *overrides, *flags]
+    job_name = [] if any(o.startswith("hydra.job.name=") for o in overrides) else [f"hydra.job.name={command}"]
+    sys.argv = [f"cnnlab-{command}", *job_name, *overrides, *flags]
     hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(task)()
 
 

@@ -225,7 +225,7 @@ def read_synthetic(cfg: DictConfig, raw_dir: Path) -> Raw:
     """Tiny learnable data FOR TESTS ONLY: each class is a fixed random low-frequency pattern plus noise."""
     rng = np.random.default_rng(cfg.seed)
     c, s, k = cfg.channels, cfg.image_size, cfg.num_classes
-    low = rng.uniform(0, 255, size=(k, c, 4, 4))
+    low = 128 + cfg.contrast * rng.uniform(-1, 1, size=(k, c, 4, 4))
     protos = low.repeat(s // 4 + 1, axis=2).repeat(s // 4 + 1, axis=3)[:, :, :s, :s]
 
     def make(n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -27,6 +28,10 @@ from cnnlab.tasks.callbacks import EpochHistory
 from cnnlab.tasks.classifier import Classifier, InferenceNet
 
 log = logging.getLogger(__name__)
+# Lightning chatter that asks nothing of a cnnlab user (we log per epoch, override on_after_batch_transfer on
+# purpose, and reuse the checkpoint folder by design) and its advertising tip.
+warnings.filterwarnings("ignore", message=r".*(LeafSpec|log_every_n_steps|on_after_batch_transfer|exists and is not empty).*")
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda r: "💡" not in r.getMessage())
 
 
 def run_dirs(cfg: DictConfig) -> tuple[Path, Path]:
