@@ -126,7 +126,11 @@ def log_model(logger: SafeMLFlowLogger, net, example) -> None:
 
 def log_run_files(cfg: DictConfig, run_id: str, files: dict[str, list[Path]], metrics: dict[str, float]) -> None:
     """Add metrics and artifacts to an existing run (used by stages after training, e.g. evaluate)."""
-    if not cfg.tracking.enabled or run_id is None:
+    if not cfg.tracking.enabled:
+        return
+    if run_id is None:
+        log.warning("MLflow: no run recorded for this model (trained untracked, or an outside checkpoint): "
+                    "evaluation metrics and %d artifacts not logged", sum(map(len, files.values())))
         return
     uri = tracking_uri(cfg)
     if why := unreachable(uri):
