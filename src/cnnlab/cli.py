@@ -12,6 +12,7 @@ COMMANDS = {
     "summary": "Keras-style table of a model's layers, output shapes and parameter counts",
     "train": "train a model (Lightning), checkpoints + history + one MLflow run",
     "evaluate": "test-split metrics, confusion matrix, prediction grids → reports/<run>/eval/",
+    "predict": "top-k classes of image files, with a trained checkpoint or the ImageNet backbone",
 }
 
 USAGE = """usage: cnnlab <command> [key=value ...] [group=choice ...] [--cfg job] [-m] [--debug]

@@ -24,13 +24,13 @@ from cnnlab.data.loader import PreparedData
 from cnnlab.data.prepared import load_manifest, load_split, manifest_hash
 from cnnlab.errors import UserError
 from cnnlab.io import write_json, write_text
-from cnnlab.tasks.callbacks import EpochHistory
+from cnnlab.tasks.callbacks import EpochHistory, GradualUnfreeze
 from cnnlab.tasks.classifier import Classifier, InferenceNet
 
 log = logging.getLogger(__name__)
 # Lightning chatter that asks nothing of a cnnlab user (we log per epoch, override on_after_batch_transfer on
 # purpose, and reuse the checkpoint folder by design) and its advertising tip.
-warnings.filterwarnings("ignore", message=r".*(LeafSpec|log_every_n_steps|on_after_batch_transfer|exists and is not empty).*")
+warnings.filterwarnings("ignore", message=r".*(LeafSpec|log_every_n_steps|on_after_batch_transfer|exists and is not empty|module\(s\) in eval mode).*")
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda r: "💡" not in r.getMessage())
 
 
@@ -71,6 +71,8 @@ def run(cfg: DictConfig) -> float:
     ]
     if tty:
         callbacks.append(RichProgressBar())
+    if cfg.model.net.get("mode") == "gradual":
+        callbacks.append(GradualUnfreeze())
     if t.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=t.monitor, mode=t.monitor_mode, patience=t.early_stopping_patience))
     if mlflow_logger:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import BaseFinetuning
 
 from cnnlab.evaluation.plots import write_csv
 
@@ -43,3 +44,23 @@ class EpochHistory(pl.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.rows = list(state_dict["rows"])
+
+
+class GradualUnfreeze(BaseFinetuning):
+    """Transfer learning in phases: the head first, then one backbone stage more (from the top) every
+    `net.unfreeze_every` epochs, each joining the optimizer at the backbone's lower learning rate."""
+
+    def freeze_before_training(self, pl_module) -> None:
+        self.freeze(pl_module.net.body, train_bn=False)  # frozen means frozen, BatchNorm included
+
+    def finetune_function(self, pl_module, current_epoch: int, optimizer) -> None:
+        net = pl_module.net
+        if current_epoch == 0 or current_epoch % net.unfreeze_every:
+            return
+        stages = net.stages()
+        k = current_epoch // net.unfreeze_every - 1
+        if k < len(stages):
+            lr = optimizer.param_groups[0]["lr"]
+            self.unfreeze_and_add_param_group(stages[k], optimizer, lr=lr * net.backbone_lr_scale,
+                                              train_bn=not net.freeze_bn)
+            log.info("epoch %d: unfroze backbone stage %d/%d", current_epoch, k + 1, len(stages))

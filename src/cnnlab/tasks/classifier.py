@@ -52,6 +52,8 @@ class Classifier(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)  # the stage logs the full config
         self.net = build_model(OmegaConf.create(net), tuple(in_shape), num_classes)
+        if getattr(self.net, "expects_unit_range", False):  # pretrained nets normalise with their own stats
+            mean, std = [0.0] * in_shape[0], [1.0] * in_shape[0]
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         # compile a wrapper, not the registered module, so checkpoint keys stay free of `_orig_mod.`
@@ -115,7 +117,12 @@ class Classifier(pl.LightningModule):
     def configure_optimizers(self):
         if self.optimizer_factory is None:
             raise RuntimeError("Classifier built without an optimizer (loaded for inference only)")
-        opt = self.optimizer_factory(self.parameters())
+        if hasattr(self.net, "param_groups"):  # discriminative learning rates (pretrained backbones)
+            lr = self.optimizer_factory.keywords["lr"]
+            params = [{"params": g["params"], "lr": lr * g["lr_scale"]} for g in self.net.param_groups()]
+        else:
+            params = [p for p in self.parameters() if p.requires_grad]  # frozen parts stay out (and can join later)
+        opt = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return opt
         total = int(self.trainer.estimated_stepping_batches)
