@@ -13,6 +13,8 @@ COMMANDS = {
     "train": "train a model (Lightning), checkpoints + history + one MLflow run",
     "evaluate": "test-split metrics, confusion matrix, prediction grids → reports/<run>/eval/",
     "predict": "top-k classes of image files, with a trained checkpoint or the ImageNet backbone",
+    "style": "neural style transfer (Gatys et al.) → reports/style/",
+    "visualize": "kernels, learned filters, feature maps, Grad-CAM, saliency → reports/visualize/",
 }
 
 USAGE = """usage: cnnlab <command> [key=value ...] [group=choice ...] [--cfg job] [-m] [--debug]

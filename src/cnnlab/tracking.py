@@ -124,7 +124,37 @@ def log_model(logger: SafeMLFlowLogger, net, example) -> None:
     logger._guard("model", _log)
 
 
-def log_run_files(cfg: DictConfig, run_id: str, files: dict[str, list[Path]], metrics: dict[str, float]) -> None:
+def new_run(cfg: DictConfig, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str | None:
+    """Create a finished-later MLflow run for a non-Lightning stage (e.g. style); None when untracked.
+    Call only on rank 0. Add results with `log_run_files`."""
+    if not cfg.tracking.enabled:
+        return None
+    uri = tracking_uri(cfg)
+    if why := unreachable(uri):
+        log.warning("MLflow server %s unreachable (%s): this run is not tracked; local files are complete", uri, why)
+        return None
+    from mlflow import MlflowClient
+    from mlflow.entities import Param, RunTag
+
+    try:
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(cfg.tracking.experiment)
+        local = not uri.startswith(("http://", "https://"))
+        exp_id = exp.experiment_id if exp else client.create_experiment(
+            cfg.tracking.experiment,
+            artifact_location=Path(cfg.paths.mlflow_artifacts).resolve().as_uri() if local else None)
+        run = client.create_run(exp_id, run_name=run_name, tags={**tags, **git_state()})
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            client.log_batch(run.info.run_id, params=items[i:i + 100])
+        return run.info.run_id
+    except Exception as e:  # never lose a stage's local results over tracking
+        log.warning("MLflow: run not created (%s: %s); local files are complete", type(e).__name__, e)
+        return None
+
+
+def log_run_files(cfg: DictConfig, run_id: str | None, files: dict[str, list[Path]], metrics: dict[str, float],
+                  finish: bool = False) -> None:
     """Add metrics and artifacts to an existing run (used by stages after training, e.g. evaluate)."""
     if not cfg.tracking.enabled:
         return
@@ -147,5 +177,7 @@ def log_run_files(cfg: DictConfig, run_id: str, files: dict[str, list[Path]], me
         for subdir, paths in files.items():
             for p in paths:
                 client.log_artifact(run_id, str(p), subdir or None)
+        if finish:
+            client.set_terminated(run_id)
     except Exception as e:  # as in SafeMLFlowLogger: never lose the run's local results over tracking
         log.warning("MLflow: evaluation results not logged (%s: %s); see local files", type(e).__name__, e)
