@@ -25,3 +25,44 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return _compose(config_name, overrides=list(overrides or []))
+
+
+# Config groups a named run replaces whole (merging two different models' `net` nodes would mix their options).
+GROUPS = ("data", "model", "optimizer", "scheduler")
+
+
+def select_run(cfg: DictConfig, name: str) -> DictConfig:
+    """The root config with `runs.<name>` laid over it: how one config (and one params.yaml) describes
+    several trainings of a pipeline, e.g. the scratch model (the root) and `runs.transfer`."""
+    from omegaconf import OmegaConf, open_dict
+
+    from cnnlab.errors import UserError
+
+    runs = cfg.get("runs") or {}
+    if name not in runs:
+        raise UserError(f"unknown run {name!r}; runs in the config: {', '.join(runs) or 'none'}")
+    out = cfg.copy()
+    with open_dict(out):
+        for key, value in runs[name].items():
+            merge = key not in GROUPS and key in out and OmegaConf.is_dict(value) and OmegaConf.is_dict(out[key])
+            out[key] = OmegaConf.merge(out[key], value) if merge else value
+    return out
+
+
+def load_params(path: str | Path, overrides: list[str]) -> DictConfig:
+    """A composed config file (params.yaml, which DVC writes from conf/) plus `key=value` overrides."""
+    from omegaconf import OmegaConf
+
+    from cnnlab.errors import UserError
+
+    if not Path(path).is_file():
+        raise UserError(f"params file {path} does not exist (it is composed from conf/: see README)")
+    cfg = OmegaConf.load(path)
+    for o in overrides:
+        key, eq, _ = o.partition("=")
+        if not eq or key.startswith(("~", "hydra.")) or "@" in key:
+            raise UserError(f"with --params only key=value overrides apply, not {o!r}")
+        if not key.startswith("+") and OmegaConf.select(cfg, key, default="\0missing") == "\0missing":
+            raise UserError(f"unknown key {key!r} in {path} (prefix with + to add a new key)")
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.lstrip("+")]))
+    return cfg

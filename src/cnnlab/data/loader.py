@@ -47,14 +47,24 @@ class TensorBatches:
             yield self.images[b], self.labels[b]
 
 
+def subset_per_class(s: Split, k: int, seed: int) -> Split:
+    """k training images per class, the same ones for every model and run seed (low-data studies)."""
+    perm = torch.randperm(len(s.labels), generator=torch.Generator().manual_seed(seed))
+    labels = s.labels[perm]
+    keep = torch.cat([perm[labels == c][:k] for c in labels.unique()]).sort().values
+    return Split(s.images[keep], s.labels[keep])
+
+
 class PreparedData(pl.LightningDataModule):
     """Prepared splits held in memory; on a CUDA device the whole uint8 dataset is moved there once."""
 
     def __init__(self, data_dir: str, batch_size: int, eval_batch_size: int, seed: int = 0,
-                 drop_last: bool = False, device_resident: bool = True):
+                 drop_last: bool = False, device_resident: bool = True, per_class: int | None = None,
+                 subset_seed: int = 0):
         super().__init__()
         self.data_dir, self.batch_size, self.eval_batch_size = data_dir, batch_size, eval_batch_size
         self.seed, self.drop_last, self.device_resident = seed, drop_last, device_resident
+        self.per_class, self.subset_seed = per_class, subset_seed
         self.splits: dict[str, Split] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -62,6 +72,8 @@ class PreparedData(pl.LightningDataModule):
         for name in ("train", "val") if stage == "fit" else ("test",):
             if name not in self.splits:
                 s = load_split(self.data_dir, name)
+                if name == "train" and self.per_class:
+                    s = subset_per_class(s, self.per_class, self.subset_seed)
                 if self.device_resident and device.type == "cuda":
                     s = Split(s.images.to(device), s.labels.to(device))
                 self.splits[name] = s

@@ -59,7 +59,8 @@ def run(cfg: DictConfig) -> float:
         scheduler=instantiate(cfg.scheduler) if cfg.scheduler else None, label_smoothing=t.label_smoothing,
         crop_padding=t.augment.crop_padding, flip=t.augment.flip, cutout=t.augment.cutout,
         channels_last=t.channels_last, compile=t.compile, seed=cfg.seed)
-    data = PreparedData(str(data_dir), t.batch_size, t.eval_batch_size, seed=cfg.seed, drop_last=t.drop_last)
+    data = PreparedData(str(data_dir), t.batch_size, t.eval_batch_size, seed=cfg.seed, drop_last=t.drop_last,
+                        per_class=t.per_class, subset_seed=t.subset_seed)
 
     mlflow_logger = tracking.make_logger(cfg, cfg.run_name, run_id=state.get("mlflow_run_id") if cfg.resume else None)
     tty = sys.stdout.isatty()

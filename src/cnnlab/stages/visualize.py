@@ -1,0 +1,122 @@
+"""Stage `visualize`: what a CNN sees (issue 7) → ${paths.reports_dir}/visualize/<what>/<model>_<image>.png.
+
+The model is a cnnlab checkpoint (`visualize.ckpt`) or, without one, the pretrained ImageNet backbone; the
+images are `visualize.image` (file or folder), else test images of the prepared data (with a checkpoint) or
+matplotlib's grace_hopper.jpg, so every `what` runs offline with no arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+from cnnlab.errors import UserError
+from cnnlab.visualize import explain_png
+from cnnlab.visualize.explain import (Subject, activations, check_layers, class_index, default_feature_layers,
+                                      filter_image, first_conv, from_classifier, from_pretrained,
+                                      kernels_from_config, model_tag)
+from cnnlab.visualize.figures import feature_maps_png, filters_png, kernels_png
+
+log = logging.getLogger(__name__)
+WHATS = ("kernels", "filters", "feature_maps", "gradcam", "saliency")
+GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+
+
+def read_photo(path: Path, max_side: int) -> torch.Tensor:
+    """An image file → uint8 [C,H,W] (C = 1 for greyscale files, else 3), aspect kept, longer side ≤ max_side."""
+    if not path.is_file():
+        raise UserError(f"image {path} does not exist")
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB")
+    except Exception as e:  # PIL raises many types for unreadable files
+        raise UserError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+    im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    arr = np.array(im, dtype=np.uint8)
+    return torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
+
+
+def _subject(v: DictConfig) -> Subject:
+    from cnnlab.stages.evaluate import device_for, load_classifier
+
+    device = device_for(v.device)
+    if v.ckpt:
+        return from_classifier(load_classifier(v.ckpt, device), model_tag(v.ckpt))
+    from cnnlab.models.pretrained import load_pretrained
+
+    return from_pretrained(load_pretrained(v.backbone, weights_path=v.weights_path), device, v.backbone)
+
+
+def _images(cfg: DictConfig, s: Subject) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """(uint8 images at the model's input size, true labels or None, a name for the output file)."""
+    from cnnlab.data.prepared import load_manifest, load_split
+    from cnnlab.models import check_input_shape
+    from cnnlab.stages.predict import image_files, read_image
+
+    v = cfg.visualize
+    if v.image or not v.ckpt:
+        path = Path(v.image) if v.image else GRACE_HOPPER
+        files = image_files(str(path))
+        if len(files) > v.num_images:
+            log.info("%s holds %d images: explaining the first %d (visualize.num_images)", path, len(files),
+                     v.num_images)
+        return torch.stack([read_image(f, s.in_shape[0], s.in_shape[1]) for f in files[: v.num_images]]), None, \
+            path.stem
+    data_dir = Path(cfg.paths.prepared_dir) / cfg.data.name
+    manifest = load_manifest(data_dir)
+    check_input_shape(s.in_shape, manifest["image_shape"])
+    if s.class_names != manifest["classes"]:
+        raise UserError(f"checkpoint classes {s.class_names[:5]}... differ from {data_dir}'s "
+                        f"{manifest['classes'][:5]}...; pass data=<the data it was trained on> or an image")
+    test = load_split(data_dir, "test")
+    pick = torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(cfg.seed))[: v.num_images]
+    return test.images[pick], test.labels[pick], f"{cfg.data.name}-test"
+
+
+def run(cfg: DictConfig) -> dict:
+    v = cfg.visualize
+    if v.what not in WHATS:
+        raise UserError(f"unknown visualize.what={v.what!r}; valid: {', '.join(WHATS)}")
+    out = Path(cfg.paths.reports_dir) / "visualize" / v.what
+    if v.what == "kernels":
+        path = Path(v.image) if v.image else GRACE_HOPPER
+        img = read_photo(path, v.image_size)
+        kernels = kernels_from_config(OmegaConf.to_container(v.kernels) if v.kernels else {})
+        f = out / f"{path.stem}.png"
+        kernels_png(img, kernels, {n: filter_image(img, k) for n, k in kernels.items()}, f,
+                    f"{path.name}, {img.shape[2]}×{img.shape[1]} px: each colour channel cross-correlated with "
+                    "a kernel, as a conv layer does", v.dpi)
+        result = {}
+    else:
+        s = _subject(v)
+        if v.what == "filters":
+            name, w = first_conv(s)
+            f = out / f"{s.name}.png"
+            o, i, kh, kw = w.shape
+            kind = type(s.net.get_submodule(name)).__name__
+            filters_png(w, f, f"{s.name}: first conv layer {name} ({kind}), {o} filters of {kh}×{kw}×{i}"
+                        + (" (first 128 shown)" if o > 128 else ""), v.dpi)
+            result = {"layer": name, "shape": list(w.shape)}
+        else:
+            images, labels, stem = _images(cfg, s)
+            f = out / f"{s.name}_{stem}.png"
+            layers = [str(x) for x in v.layers]  # Hydra reads layers=[0,3] as ints
+            if v.what == "feature_maps":
+                layers = layers or default_feature_layers(s)
+                acts = activations(s, images[0], layers)
+                mods = dict(s.net.named_modules())
+                feature_maps_png(images[0], acts, {n: f"{n} ({type(mods[n]).__name__})" for n in layers}, f,
+                                 f"{s.name}: feature maps for {stem}", v.max_maps, dpi=v.dpi)
+                result = {"shapes": {n: list(a.shape) for n, a in acts.items()}}
+            else:
+                target = class_index(s.class_names, v.target_class) if v.target_class is not None else None
+                check_layers(s, layers)
+                result = explain_png(s, images, labels, f, v.what, layers, target, dpi=v.dpi)
+    log.info("visualize %s → %s", v.what, f)
+    return {"files": [str(f)], **result}
