@@ -16,7 +16,8 @@ def conf_dir() -> Path:
     return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf"
 
 
-def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
+def compose(overrides: list[str] | None = None, config_name: str = "config",
+            return_hydra_config: bool = False) -> DictConfig:
     """The config a `cnnlab <command> <overrides>` run would see (without the hydra node)."""
     from hydra import compose as _compose
     from hydra import initialize_config_dir
@@ -24,7 +25,7 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return _compose(config_name, overrides=list(overrides or []))
+        return _compose(config_name, overrides=list(overrides or []), return_hydra_config=return_hydra_config)
 
 
 # Config groups a named run replaces whole (merging two different models' `net` nodes would mix their options).

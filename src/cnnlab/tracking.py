@@ -24,7 +24,8 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
 def tracking_uri(cfg: DictConfig) -> str:
     """cfg.tracking.uri, else a SQLite store at an absolute path (MLflow ≥3.13 refuses the ./mlruns file store)."""
-    return cfg.tracking.uri or f"sqlite:///{Path(cfg.paths.mlflow_db).resolve()}"
+    # timeout: parallel sweep jobs share the SQLite file; wait for its lock instead of failing "database is locked"
+    return cfg.tracking.uri or f"sqlite:///{Path(cfg.paths.mlflow_db).resolve()}?timeout=60"
 
 
 def unreachable(uri: str, timeout: float = 3.0) -> str | None:
@@ -94,7 +95,8 @@ class SafeMLFlowLogger(MLFlowLogger):
         self._guard("run status", super().finalize, status)
 
 
-def make_logger(cfg: DictConfig, run_name: str, run_id: str | None = None) -> SafeMLFlowLogger | None:
+def make_logger(cfg: DictConfig, run_name: str, run_id: str | None = None,
+                parent_run_id: str | None = None) -> SafeMLFlowLogger | None:
     """The Lightning logger for a training run (its MLflow run is created lazily, on rank 0 only)."""
     if not cfg.tracking.enabled:
         return None
@@ -105,7 +107,8 @@ def make_logger(cfg: DictConfig, run_name: str, run_id: str | None = None) -> Sa
     local = not uri.startswith(("http://", "https://"))
     return SafeMLFlowLogger(
         experiment_name=cfg.tracking.experiment, run_name=run_name, tracking_uri=uri, run_id=run_id,
-        tags={"dataset": cfg.data.name, "model": cfg.model.name, "recipe": cfg.get("recipe") or "default"},
+        tags={"dataset": cfg.data.name, "model": cfg.model.name, "recipe": cfg.get("recipe") or "default",
+              **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})},
         artifact_location=Path(cfg.paths.mlflow_artifacts).resolve().as_uri() if local else None)
 
 

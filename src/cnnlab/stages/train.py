@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
-from cnnlab import tracking
+from cnnlab import sweep, tracking
 from cnnlab.data.loader import PreparedData
 from cnnlab.data.prepared import load_manifest, load_split, manifest_hash
 from cnnlab.errors import UserError
@@ -41,6 +41,13 @@ def run_dirs(cfg: DictConfig) -> tuple[Path, Path]:
 
 def run(cfg: DictConfig) -> float:
     t0 = time.perf_counter()
+    if sweep.sweep_dir() is not None:
+        if cfg.trainer.strategy == "ddp" and cfg.trainer.devices != 1:
+            raise UserError("strategy=ddp inside a multirun re-launches the whole sweep in every process (a "
+                            "Lightning + Hydra limitation): use trainer.strategy=ddp_spawn, or one launcher job "
+                            "per GPU set (hydra/launcher=slurm)")
+        cfg = cfg.copy()
+        cfg.run_name = sweep.job_run_name(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data_dir = Path(cfg.paths.prepared_dir) / cfg.data.name
     manifest = load_manifest(data_dir)
@@ -62,7 +69,8 @@ def run(cfg: DictConfig) -> float:
     data = PreparedData(str(data_dir), t.batch_size, t.eval_batch_size, seed=cfg.seed, drop_last=t.drop_last,
                         per_class=t.per_class, subset_seed=t.subset_seed)
 
-    mlflow_logger = tracking.make_logger(cfg, cfg.run_name, run_id=state.get("mlflow_run_id") if cfg.resume else None)
+    mlflow_logger = tracking.make_logger(cfg, cfg.run_name, run_id=state.get("mlflow_run_id") if cfg.resume else None,
+                                         parent_run_id=sweep.parent_run_id())
     tty = sys.stdout.isatty()
     callbacks = [
         EpochHistory(report_dir / "train/history.csv", print_lines=not tty),

@@ -87,7 +87,8 @@ def run(cfg: DictConfig) -> dict:
     if v.what == "kernels":
         path = Path(v.image) if v.image else GRACE_HOPPER
         img = read_photo(path, v.image_size)
-        kernels = kernels_from_config(OmegaConf.to_container(v.kernels) if v.kernels else {})
+        kernels = kernels_from_config(OmegaConf.to_container(v.kernels) if OmegaConf.is_config(v.kernels)
+                                      else v.kernels)
         f = out / f"{path.stem}.png"
         kernels_png(img, kernels, {n: filter_image(img, k) for n, k in kernels.items()}, f,
                     f"{path.name}, {img.shape[2]}×{img.shape[1]} px: each colour channel cross-correlated with "
@@ -104,9 +105,11 @@ def run(cfg: DictConfig) -> dict:
                         + (" (first 128 shown)" if o > 128 else ""), v.dpi)
             result = {"layer": name, "shape": list(w.shape)}
         else:
+            layers = [str(x) for x in v.layers]  # Hydra reads layers=[0,3] as ints
+            check_layers(s, layers)  # typos fail before any data is read
+            target = class_index(s.class_names, v.target_class) if v.target_class is not None else None
             images, labels, stem = _images(cfg, s)
             f = out / f"{s.name}_{stem}.png"
-            layers = [str(x) for x in v.layers]  # Hydra reads layers=[0,3] as ints
             if v.what == "feature_maps":
                 layers = layers or default_feature_layers(s)
                 acts = activations(s, images[0], layers)
@@ -115,8 +118,6 @@ def run(cfg: DictConfig) -> dict:
                                  f"{s.name}: feature maps for {stem}", v.max_maps, dpi=v.dpi)
                 result = {"shapes": {n: list(a.shape) for n, a in acts.items()}}
             else:
-                target = class_index(s.class_names, v.target_class) if v.target_class is not None else None
-                check_layers(s, layers)
                 result = explain_png(s, images, labels, f, v.what, layers, target, dpi=v.dpi)
     log.info("visualize %s → %s", v.what, f)
     return {"files": [str(f)], **result}

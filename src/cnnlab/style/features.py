@@ -44,15 +44,14 @@ def _flatten(name: str, module: nn.Module, out: list[tuple[str, nn.Module]]) -> 
 def swag(f: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """SWAG (Wang et al., CVPR 2021): softmax over all C×H×W activations of a layer (their official code's
     `softmax3d(x / T)`), times C·H·W so the mean stays 1 and the relative losses keep their scale."""
-    n = f[0].numel()
-    return F.softmax(f.flatten(1).float() / temperature, dim=1).view_as(f) * n
+    return F.softmax(f.flatten(1).float() / temperature, dim=1).view_as(f) * f[0].numel()
 
 
 class FeatureNet(nn.Module):
     """`net(x)` with x [N, 3, H, W] in [0, 1] → {layer: activation} for `layers`."""
 
     def __init__(self, net: nn.Module, network: str, mean: list[float], std: list[float], layers: list[str],
-                 softmax: bool = False, temperature: float = 1.0):
+                 softmax: bool = False, temperature: float | str = 1.0):
         super().__init__()
         blocks: list[tuple[str, nn.Module]] = []
         for top in TRUNKS[network]:
@@ -86,7 +85,10 @@ class FeatureNet(nn.Module):
         self.block_names = [b for b, _ in blocks[: deepest + 1]]
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        self.softmax, self.temperature = softmax, temperature
+        self.softmax = softmax
+        # "auto": one T per layer, the std of its activations on the image given to calibrate(). Lite0's block
+        # outputs have std 7-10, and at T = 1 softmax makes them peakier, not smoother (see docs/style.md).
+        self.temperature: dict[str, float] | float | str = temperature
         self._out: dict[str, torch.Tensor] = {}
 
     def _hook(self, name: str):
@@ -105,17 +107,30 @@ class FeatureNet(nn.Module):
             for name in self.at_block.get(i, ()):
                 self._out[name] = x
         out, self._out = {n: self._out[n] for n in self.layers}, {}
-        return {n: swag(f, self.temperature) for n, f in out.items()} if self.softmax else out
+        if not self.softmax:
+            return out
+        if self.temperature == "auto":
+            raise RuntimeError("softmax_temperature=auto: call calibrate(image) first")
+        t = self.temperature
+        return {n: swag(f, t[n] if isinstance(t, dict) else t) for n, f in out.items()}
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor) -> None:
+        """Fix the per-layer temperatures of softmax_temperature=auto on `x` (the content image)."""
+        if self.softmax and (self.temperature == "auto" or isinstance(self.temperature, dict)):
+            softmax, self.softmax = self.softmax, False
+            self.temperature = {n: max(float(f.float().std()), 1e-3) for n, f in self(x).items()}
+            self.softmax = softmax
 
 
 def feature_net(network: str, layers: list[str], weights_path: str | None = None, softmax: bool = False,
-                temperature: float = 1.0) -> FeatureNet:
+                temperature: float | str = 1.0) -> FeatureNet:
     from cnnlab.models.pretrained import load_pretrained
 
     if network not in TRUNKS:
         raise UserError(f"style.network={network!r}: use {' or '.join(TRUNKS)}")
-    if softmax and not temperature > 0:
-        raise UserError(f"style.softmax_temperature must be > 0, got {temperature}")
+    if softmax and temperature != "auto" and not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise UserError(f"style.softmax_temperature must be auto or > 0, got {temperature!r}")
     p = load_pretrained(network, weights_path=weights_path)
     return FeatureNet(p.net, network, p.mean, p.std, layers, softmax, temperature)
 

@@ -76,6 +76,7 @@ def stylise(net: FeatureNet, content: torch.Tensor, styles: list[torch.Tensor], 
     def feats(img: torch.Tensor) -> dict[str, torch.Tensor]:
         return net(img.to(device)[None].contiguous(memory_format=fmt))
 
+    net.calibrate(work.to(device)[None].contiguous(memory_format=fmt))  # softmax_temperature=auto: T per layer
     history: list[dict] = []
     total, done, x = s.iterations * len(s.scales), 0, None
     for scale in s.scales:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from cnnlab.evaluation.plots import RIGHT, WRONG
 from cnnlab.visualize.explain import Subject, from_classifier, gradcam, gradcam_layer, probabilities, saliency
 from cnnlab.visualize.figures import maps_png, short
+
+if TYPE_CHECKING:
+    from cnnlab.tasks.classifier import Classifier
 
 
 def explain_png(s: Subject, images: torch.Tensor, labels: torch.Tensor | None, path: str | Path,
@@ -42,7 +46,7 @@ def explain_png(s: Subject, images: torch.Tensor, labels: torch.Tensor | None, p
     return {"pred": [names[a] for a in p], "prob": [round(q, 4) for q in c]}
 
 
-def gradcam_grid_png(model, images_uint8: torch.Tensor, labels: torch.Tensor, class_names: list[str],
+def gradcam_grid_png(model: Classifier, images_uint8: torch.Tensor, labels: torch.Tensor, class_names: list[str],
                      path: str | Path, n: int = 8) -> None:
     """Grad-CAM of the predicted class for the first `n` images (uint8 [N,C,H,W]) of a cnnlab `Classifier`, at
     its last conv layer, titled "pred p (true)": the grid `cnnlab evaluate` adds to its report."""

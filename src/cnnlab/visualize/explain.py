@@ -26,6 +26,7 @@ class Subject:
     in_shape: tuple[int, int, int]  # the images `prep` takes
     class_names: list[str]
     name: str  # for titles and file names
+    shapes: dict[str, tuple[int, ...]] | None = None  # spatial_layers' answer, kept: it costs a forward pass
 
 
 def from_classifier(model, name: str = "model") -> Subject:
@@ -61,12 +62,14 @@ def _hooks(net: nn.Module, names: list[str], fn: Callable[[str, torch.Tensor], N
 
 def spatial_layers(s: Subject) -> dict[str, tuple[int, ...]]:
     """Every submodule with a 4-D output → its output shape, in forward order (one pass on a blank image)."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    names = [n for n, _ in s.net.named_modules() if n]
-    with _hooks(s.net, names, lambda n, o: o.dim() == 4 and shapes.setdefault(n, tuple(o.shape[1:]))), \
-            torch.no_grad():
-        s.net(s.prep(torch.zeros(1, *s.in_shape, dtype=torch.uint8)))
-    return shapes
+    if s.shapes is None:
+        shapes: dict[str, tuple[int, ...]] = {}
+        names = [n for n, _ in s.net.named_modules() if n]
+        with _hooks(s.net, names, lambda n, o: o.dim() == 4 and shapes.setdefault(n, tuple(o.shape[1:]))), \
+                torch.no_grad():
+            s.net(s.prep(torch.zeros(1, *s.in_shape, dtype=torch.uint8)))
+        s.shapes = shapes
+    return s.shapes
 
 
 def conv_layers(net: nn.Module, shapes: dict[str, tuple[int, ...]]) -> list[str]:
@@ -137,7 +140,11 @@ def _grad_on() -> Iterator[None]:
 
 def gradcam(s: Subject, images: torch.Tensor, targets: list[int], layer: str) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al. 2017) of class targets[i] for images[i] (uint8 [N,C,H,W]) at `layer`,
-    ReLU'd and bilinearly upsampled to the image size: float [N, H, W] ≥ 0."""
+    ReLU'd and bilinearly upsampled to the image size: float [N, H, W] ≥ 0.
+
+    Channel weights are spatially averaged gradients, which assumes a global-average-pool head. Behind a
+    flatten head (the seed CNNs) the weights of a position-coded class can average out and the map go blank
+    or land elsewhere; tests/test_visualize.py's sanity check measured it."""
     from captum.attr import LayerAttribution, LayerGradCam
 
     check_layers(s, [layer])
@@ -190,6 +197,9 @@ KERNELS = {  # the seed notebook's "focusing on filters" set
 
 def kernels_from_config(extra) -> dict[str, torch.Tensor]:
     """KERNELS plus the user's {name: [[...], ...]} (rectangular lists of numbers)."""
+    if extra is not None and not isinstance(extra, dict):
+        raise UserError(f"visualize.kernels must map names to kernels, e.g. {{emboss: [[-2,-1,0],[-1,1,1],[0,1,2]]}}; "
+                        f"got {extra!r}")
     out = dict(KERNELS)
     for name, rows in (extra or {}).items():
         try:
