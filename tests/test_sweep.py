@@ -78,3 +78,11 @@ def test_slurm_launcher_config_is_valid():
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
     assert type(instantiate(launcher)).__name__ == "SlurmLauncher"  # config accepted by the plugin (not run)
+
+
+@pytest.mark.slow
+def test_ddp_spawn_inside_multirun_works(cli, workdir, synthetic):
+    cli("train", "-m", *SWEEP, "trainer=ddp_cpu", "trainer.strategy=ddp_spawn", "optimizer.lr=1e-3")
+    [row] = leaderboard(workdir)
+    assert row["status"] == "ok" and 0.0 < float(row["val/acc"]) <= 1.0
+    assert len([r for r in runs(workdir) if "mlflow.parentRunId" in r.data.tags]) == 1

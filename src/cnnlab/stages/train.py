@@ -39,6 +39,14 @@ def run_dirs(cfg: DictConfig) -> tuple[Path, Path]:
     return Path(cfg.paths.models_dir) / cfg.run_name, Path(cfg.paths.reports_dir) / cfg.run_name
 
 
+def _best_from_history(path: Path, monitor: str, mode: str) -> float:
+    import csv
+
+    with open(path) as f:
+        values = [float(r[monitor]) for r in csv.DictReader(f) if r.get(monitor)]
+    return (max if mode == "max" else min)(values) if values else float("nan")
+
+
 def run(cfg: DictConfig) -> float:
     t0 = time.perf_counter()
     if sweep.sweep_dir() is not None:
@@ -105,7 +113,8 @@ def run(cfg: DictConfig) -> float:
     trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
 
     ckpt = trainer.checkpoint_callback
-    best = float(ckpt.best_model_score) if ckpt.best_model_score is not None else float("nan")
+    best = float(ckpt.best_model_score) if ckpt.best_model_score is not None else _best_from_history(
+        report_dir / "train/history.csv", t.monitor, t.monitor_mode)  # ddp_spawn does not send the score back
     if trainer.is_global_zero:
         metrics = {f"best_{t.monitor}": best, "epochs": trainer.current_epoch,
                    "global_steps": trainer.global_step, "time_s": round(time.perf_counter() - t0, 2),

@@ -126,8 +126,8 @@ def kernels_png(image: torch.Tensor, kernels: dict[str, torch.Tensor], filtered:
     c, h, w = image.shape
     chans = _CHANNELS[c]
     k = len(kernels)
-    side = 1.9 * w / max(h, w)
-    fig = Figure(figsize=(side * (k + 2) + 0.6 * k, 1.9 * h / max(h, w) * c + 1.4 + 0.5), layout="constrained")
+    side = 1.6 * w / max(h, w)
+    fig = Figure(figsize=(side * (k + 2) + 0.3, 1.6 * h / max(h, w) * c + 1.8), layout="constrained")
     gs = fig.add_gridspec(c + 1, k + 2, height_ratios=[0.6] + [1.0] * c)
     _show(fig.add_subplot(gs[1:, 0]), image, "image")
     for row, (name, color) in enumerate(chans, 1):
@@ -144,7 +144,8 @@ def kernels_png(image: torch.Tensor, kernels: dict[str, torch.Tensor], filtered:
         scaled = unit < 1 and round(1 / unit) == 1 / unit and bool(((kern / unit) - (kern / unit).round()).abs().max() < 1e-4)
         if kern.numel() <= 25:  # numbers fit up to 5×5; a blur's 1/256ths shown as whole numbers
             for (y, x), v in zip(torch.cartesian_prod(*map(torch.arange, kern.shape)).tolist(), kern.flatten()):
-                ax.text(x, y, f"{float(v / unit if scaled else v):.3g}", ha="center", va="center", fontsize=6)
+                ax.text(x, y, f"{float(v / unit if scaled else v):.3g}", ha="center", va="center", fontsize=6,
+                        color="white" if abs(float(v)) > m / 2 else "black")
         ax.set_title(f"{name} (×1/{round(1 / unit)})" if scaled else name, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
