@@ -22,11 +22,17 @@ data:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist \
 	  || echo "warning: could not install dataset-fashion-mnist; cnnlab will try to download Fashion-MNIST"; fi
 
+# The whole pipeline (dvc.yaml): params.yaml composed from conf/, then only the stages whose inputs changed.
 run: install data
-	$(BIN)/cnnlab prepare
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/cnnlab params
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
+	@echo
+	@echo "report:    $(CURDIR)/reports/index.html"
+	@echo "MLflow UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000"
 
+# Two workers: most test time is process start-up and imports, which overlap well on 2 cores.
 test: install data
-	$(BIN)/python -m pytest -q
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -n 2
 
 clean:
 	rm -rf data/prepared models reports logs mlflow.db mlartifacts

@@ -198,8 +198,8 @@ KERNELS = {  # the seed notebook's "focusing on filters" set
 def kernels_from_config(extra) -> dict[str, torch.Tensor]:
     """KERNELS plus the user's {name: [[...], ...]} (rectangular lists of numbers)."""
     if extra is not None and not isinstance(extra, dict):
-        raise UserError(f"visualize.kernels must map names to kernels, e.g. {{emboss: [[-2,-1,0],[-1,1,1],[0,1,2]]}}; "
-                        f"got {extra!r}")
+        raise UserError("visualize.kernels must map names to kernels, e.g. "
+                        f"{{emboss: [[-2,-1,0],[-1,1,1],[0,1,2]]}}; got {extra!r}")
     out = dict(KERNELS)
     for name, rows in (extra or {}).items():
         try:

@@ -1,4 +1,4 @@
-"""PNGs of cnnlab.visualize.explain's tensors, built like cnnlab.evaluation.plots (Figure without pyplot, atomic)."""
+"""PNGs of cnnlab.visualize.explain's tensors, made like cnnlab.evaluation.plots (Figure, no pyplot, atomic)."""
 
 from __future__ import annotations
 
@@ -38,18 +38,21 @@ def maps_png(images: torch.Tensor, rows: list[tuple[list[str], torch.Tensor]], t
     axes = fig.subplots(nrows, cols, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
+
+    def cell(i: int, k: int):  # panel k (0: the image itself) of image i
+        return axes[k // cols, k % cols] if n == 1 else axes[i // cols * r + k, i % cols]
+
     im = None
     for i, img in enumerate(images):
-        b, c = divmod(i, cols)
-        cell = (lambda k: axes[k // cols, k % cols]) if n == 1 else (lambda k: axes[b * r + k, c])  # noqa: B023
-        _show(cell(0), img, titles[i], color=colors[i])
+        _show(cell(i, 0), img, titles[i], color=colors[i])
         for k, (labels, maps) in enumerate(rows, 1):
-            ax = cell(k)
+            ax = cell(i, k)
             m = maps[i] / max(float(maps[i].max() if q >= 1 else np.quantile(maps[i].numpy(), q)), 1e-12)
             if overlay:
                 _show(ax, img)
-            im = ax.imshow(m.clamp(max=1).numpy(), cmap="jet" if overlay else "inferno", alpha=0.5 if overlay else 1.0,
-                           vmin=0, vmax=1, interpolation="nearest" if m.shape[-1] <= 64 else "bilinear")
+            im = ax.imshow(m.clamp(max=1).numpy(), cmap="jet" if overlay else "inferno",
+                           alpha=0.5 if overlay else 1.0, vmin=0, vmax=1,
+                           interpolation="nearest" if m.shape[-1] <= 64 else "bilinear")
             ax.set_title(labels[i], fontsize=8)
     if im is not None:
         fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8 if nrows > 1 else 1.0, label=cbar)
@@ -141,7 +144,8 @@ def kernels_png(image: torch.Tensor, kernels: dict[str, torch.Tensor], filtered:
         m = float(kern.abs().max().clamp(min=1e-12))
         ax.imshow(kern.numpy(), cmap="RdBu_r", vmin=-m, vmax=m)
         unit = float(kern.abs()[kern != 0].min()) if kern.any() else 1.0
-        scaled = unit < 1 and round(1 / unit) == 1 / unit and bool(((kern / unit) - (kern / unit).round()).abs().max() < 1e-4)
+        ints = kern / unit
+        scaled = unit < 1 and round(1 / unit) == 1 / unit and bool((ints - ints.round()).abs().max() < 1e-4)
         if kern.numel() <= 25:  # numbers fit up to 5×5; a blur's 1/256ths shown as whole numbers
             for (y, x), v in zip(torch.cartesian_prod(*map(torch.arange, kern.shape)).tolist(), kern.flatten()):
                 ax.text(x, y, f"{float(v / unit if scaled else v):.3g}", ha="center", va="center", fontsize=6,
@@ -149,14 +153,19 @@ def kernels_png(image: torch.Tensor, kernels: dict[str, torch.Tensor], filtered:
         ax.set_title(f"{name} (×1/{round(1 / unit)})" if scaled else name, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-        out = filtered[name]
-        signed = abs(float(kern.sum())) < 1e-3 * float(kern.abs().sum())
+        out, total = filtered[name].numpy(), float(kern.sum())
         # edge responses are sparse: the 99.5th percentile, not the max, keeps the edges visible
-        hi = max(float(np.quantile(out.abs().numpy(), 0.995)), 1e-6) if signed else 255.0
+        if abs(total) < 1e-3 * float(kern.abs().sum()):  # sums to 0: an edge detector, signed output
+            hi = max(float(np.quantile(np.abs(out), 0.995)), 1e-6)
+            lo = -hi
+        elif abs(total - 1) < 1e-3:  # keeps brightness (blur, sharpen): the image's own range
+            lo, hi = 0.0, 255.0
+        else:
+            lo, hi = (float(v) for v in np.quantile(out, [0.005, 0.995]))
         axes = [fig.add_subplot(gs[row, col]) for row in range(1, c + 1)]
         for ax, chan in zip(axes, out):
-            im = ax.imshow(chan.numpy(), cmap="gray", vmin=-hi if signed else 0.0, vmax=hi, interpolation="antialiased")
+            im = ax.imshow(chan, cmap="gray", vmin=lo, vmax=max(hi, lo + 1e-6), interpolation="antialiased")
             ax.axis("off")
-        fig.colorbar(im, ax=axes, location="bottom", shrink=0.9, aspect=15, extend="both" if signed else "neither")
+        fig.colorbar(im, ax=axes, location="bottom", shrink=0.9, aspect=15, extend="both")
     fig.suptitle(title, fontsize=10)
     _save(fig, path, dpi)
