@@ -28,19 +28,23 @@ def sh(*cmd: str, cwd: Path) -> str:
     return p.stdout + p.stderr
 
 
-def test_params_yaml_is_the_composition_of_conf(tmp_path):
-    """params.yaml is generated from conf/: the two can never drift (regenerate with `cnnlab params`)."""
+STUDY = ["experiment=cifar10", "paths.params_file=pipelines/cifar10/params.yaml"]
+
+
+@pytest.mark.parametrize("params_file, overrides", [("params.yaml", []), ("pipelines/cifar10/params.yaml", STUDY)])
+def test_params_files_are_the_composition_of_conf(tmp_path, params_file, overrides):
+    """params files are generated from conf/: they can never drift (regenerate with `cnnlab params ...`)."""
     from dvc.utils.hydra import compose_and_dump
 
-    compose_and_dump(tmp_path / "params.yaml", str(ROOT / "conf"), None, "config", str(tmp_path), [])
-    assert (tmp_path / "params.yaml").read_text() == (ROOT / "params.yaml").read_text()
+    compose_and_dump(tmp_path / "params.yaml", str(ROOT / "conf"), None, "config", str(tmp_path), overrides)
+    assert (tmp_path / "params.yaml").read_text() == (ROOT / params_file).read_text()
 
 
 @pytest.fixture
 def repo(tmp_path) -> Path:
     r = tmp_path / "repo"
     r.mkdir()
-    for item in ("conf", "src", "dvc.yaml", ".dvcignore", ".gitignore"):
+    for item in ("conf", "src", "pipelines", "dvc.yaml", ".dvcignore", ".gitignore"):
         (shutil.copytree if (ROOT / item).is_dir() else shutil.copy)(ROOT / item, r / item)
     sh("git", "init", "-q", cwd=r)
     sh("dvc", "init", "-q", cwd=r)
@@ -94,3 +98,17 @@ def test_repro_noop_partial_rerun_experiments_and_remote(repo, tmp_path):
     for out in (f"models/{scratch}/best.ckpt", f"models/{transfer}/best.ckpt", "data/prepared/synthetic/train.safetensors"):
         assert (clone / out).read_bytes() == (repo / out).read_bytes()
     assert "Data and pipelines are up to date" in sh("dvc", "repro", cwd=clone)
+
+
+@pytest.mark.slow
+def test_cifar10_study_runs_on_synthetic_data(repo):
+    """pipelines/cifar10 reuses the stages with its own params file; tiny synthetic stand-in for CIFAR-10."""
+    sh("cnnlab", "params", *STUDY, *TINY, "data.channels=3", "data.image_size=32", "trainer=cpu",
+       "train.batch_size=64", "runs.transfer.train.batch_size=32", cwd=repo)
+    out = sh("dvc", "repro", "pipelines/cifar10/dvc.yaml", cwd=repo)
+    assert "Running stage 'pipelines/cifar10/dvc.yaml:report'" in out
+    study = yaml.safe_load((repo / "pipelines/cifar10/params.yaml").read_text())
+    assert study["model"]["name"] == "seed_cifar_cnn" and study["paths"]["reports_dir"] == "reports/cifar10"
+    run = study["run_name"]
+    assert json.loads((repo / f"reports/cifar10/{run}/eval/metrics.json").read_text())["num_samples"] == 200
+    assert (repo / "reports/cifar10/index.html").is_file() and not (repo / "reports/index.html").exists()

@@ -46,7 +46,7 @@ def test_train_then_evaluate_cli_one_mlflow_run(cli, workdir, synthetic):
         assert (model_dir / f).is_file(), f
     for f in ("train/metrics.json", "train/history.csv", "eval/metrics.json", "eval/confusion.json",
               "eval/figures/confusion_matrix.png", "eval/figures/predictions.png", "eval/figures/mistakes.png",
-              "eval/figures/curves.png"):
+              "eval/figures/curves.png", "eval/figures/gradcam.png"):
         assert (rep / f).is_file(), f
     assert len(history(rep / "train/history.csv")) == 3  # header + 2 epochs
     m = json.loads((rep / "eval/metrics.json").read_text())

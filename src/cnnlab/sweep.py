@@ -52,7 +52,10 @@ class SweepTracker(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
+        from hydra.types import RunMode
 
+        if config.hydra.mode != RunMode.MULTIRUN:  # Hydra calls this for single runs too
+            return
         d = Path(config.hydra.sweep.dir)
         num = config.hydra.job.num
         row = {"job": num, "overrides": " ".join(job_return.overrides or []),

@@ -74,6 +74,10 @@ def run(cfg: DictConfig) -> dict:
     prediction_grid_png(test.images[pick], preds[pick], test.labels[pick], names, figs / "predictions.png",
                         title=f"{cfg.run_name}: test predictions, pred (true)")
     confident_mistakes_png(test.images, probs, test.labels, names, figs / "mistakes.png", n=e.mistakes)
+    if e.gradcam:  # what the model looks at, on the same random test images as the prediction grid
+        from cnnlab.visualize import gradcam_grid_png
+
+        gradcam_grid_png(model, test.images[pick], test.labels[pick], names, figs / "gradcam.png", n=e.gradcam)
     history_csv = report_dir / "train/history.csv"
     if history_csv.is_file():
         with open(history_csv) as f:
