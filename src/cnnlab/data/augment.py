@@ -29,6 +29,34 @@ def random_flip(x: torch.Tensor) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
+def image_bits(images: torch.Tensor) -> torch.Tensor:
+    """A fixed pseudo-random bit per uint8 image (parity of its pixel sum): the same image gets the same bit in
+    every epoch without the loader carrying indices."""
+    return images.view(len(images), -1).sum(1, dtype=torch.int64) & 1
+
+
+def alternating_flip(x: torch.Tensor, bits: torch.Tensor, epoch: int) -> torch.Tensor:
+    """airbench's flip: each image is mirrored in every other epoch (which half starts is `bits`), so two epochs
+    show both views of every image instead of a random 75%."""
+    flip = (bits ^ (epoch & 1)).bool()
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def translate(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Shift by (dy, dx) px with reflect padding (test-time views)."""
+    p = max(abs(dy), abs(dx))
+    h, w = x.shape[-2:]
+    return F.pad(x, (p,) * 4, mode="reflect")[..., p - dy:p - dy + h, p - dx:p - dx + w]
+
+
+def tta_logits(forward, x: torch.Tensor) -> torch.Tensor:
+    """Test-time augmentation (airbench): ½·mean(x, mirror x) + ¼·mean of the mirrored pair of each of the 1-px
+    shifts up-left and down-right: 6 forward passes, logits averaged."""
+    def mirrored(v):
+        return 0.5 * (forward(v) + forward(v.flip(3)))
+    return 0.5 * mirrored(x) + 0.25 * (mirrored(translate(x, -1, -1)) + mirrored(translate(x, 1, 1)))
+
+
 def cutout(x: torch.Tensor, size: int) -> torch.Tensor:
     """Zero a size×size square at a random centre per image (DeVries & Taylor 2017; may overlap the border)."""
     b, _, h, w = x.shape

@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from cnnlab import tracking
+from cnnlab.data.augment import tta_logits
 from cnnlab.data.loader import TensorBatches
 from cnnlab.data.prepared import load_manifest, load_split, manifest_hash
 from cnnlab.errors import UserError
@@ -40,11 +41,11 @@ def load_classifier(path: str | Path, device: torch.device) -> Classifier:
 
 
 @torch.inference_mode()
-def predict_logits(model: Classifier, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+def predict_logits(model: Classifier, images: torch.Tensor, batch_size: int, tta: bool = False) -> torch.Tensor:
     out = []
     for x, y in TensorBatches(images, torch.zeros(len(images), dtype=torch.long), batch_size, shuffle=False):
         x, _ = model.on_after_batch_transfer((x.to(model.device), y), 0)
-        out.append(model(x).float().cpu())
+        out.append((tta_logits(model, x) if tta else model(x)).float().cpu())
     return torch.cat(out)
 
 
@@ -61,7 +62,7 @@ def run(cfg: DictConfig) -> dict:
         raise UserError(f"checkpoint classes {list(model.hparams.class_names)[:5]}... differ from {data_dir}'s "
                         f"{manifest['classes'][:5]}...; evaluate on the data the model was trained for")
     test = load_split(data_dir, "test")
-    logits = predict_logits(model, test.images, e.batch_size)
+    logits = predict_logits(model, test.images, e.batch_size, tta=e.get("tta", False))
     names = manifest["classes"]
     metrics = classification_metrics(logits, test.labels, names)
     probs, preds = logits.softmax(1), logits.argmax(1)

@@ -26,6 +26,7 @@ from cnnlab.errors import UserError
 from cnnlab.io import write_json, write_text
 from cnnlab.tasks.callbacks import EpochHistory, GradualUnfreeze
 from cnnlab.tasks.classifier import Classifier, InferenceNet
+from cnnlab.tasks.ema import WeightAveraging
 
 log = logging.getLogger(__name__)
 # Lightning chatter that asks nothing of a cnnlab user (we log per epoch, override on_after_batch_transfer on
@@ -72,7 +73,8 @@ def run(cfg: DictConfig) -> float:
         num_classes=manifest["num_classes"], class_names=manifest["classes"], mean=manifest["mean"],
         std=manifest["std"], optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.scheduler else None, label_smoothing=t.label_smoothing,
-        crop_padding=t.augment.crop_padding, flip=t.augment.flip, cutout=t.augment.cutout,
+        crop_padding=t.augment.crop_padding, flip=t.augment.flip, alternate_flip=t.augment.get("alternate_flip", False),
+        cutout=t.augment.cutout,
         channels_last=t.channels_last, compile=t.compile, seed=cfg.seed)
     data = PreparedData(str(data_dir), t.batch_size, t.eval_batch_size, seed=cfg.seed, drop_last=t.drop_last,
                         per_class=t.per_class, subset_seed=t.subset_seed)
@@ -90,6 +92,8 @@ def run(cfg: DictConfig) -> float:
         callbacks.append(RichProgressBar())
     if cfg.model.net.get("mode") == "gradual":
         callbacks.append(GradualUnfreeze())
+    if t.get("average") and t.average.mode:
+        callbacks.append(WeightAveraging(t.average.mode, t.average.every, t.average.decay, t.average.warmup_power))
     if t.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=t.monitor, mode=t.monitor_mode, patience=t.early_stopping_patience))
     if mlflow_logger:

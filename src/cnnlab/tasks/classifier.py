@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torchmetrics.classification import MulticlassAccuracy
 
-from cnnlab.data.augment import augment, normalize
+from cnnlab.data.augment import alternating_flip, augment, image_bits, normalize
 from cnnlab.errors import UserError
 from cnnlab.models import build_model
 
@@ -44,6 +44,7 @@ class Classifier(pl.LightningModule):
         label_smoothing: float = 0.0,
         crop_padding: int = 0,
         flip: bool = False,
+        alternate_flip: bool = False,  # flip each image every other epoch instead of at random (needs flip)
         cutout: int = 0,
         channels_last: bool = False,
         compile: bool = False,
@@ -69,12 +70,25 @@ class Classifier(pl.LightningModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, y = batch
+        training = self._trainer is not None and self._trainer.training  # `.trainer` raises when detached
+        alternate = training and self.hparams.flip and self.hparams.get("alternate_flip", False)
+        bits = image_bits(x) if alternate else None  # from the uint8 pixels, before they change
         x = normalize(x, self.mean, self.std)  # uint8 → float on the device: 4× less host→device traffic
-        if self._trainer is not None and self._trainer.training:  # `.trainer` raises when detached
-            x = augment(x, self.hparams.crop_padding, self.hparams.flip, self.hparams.cutout)
+        if training:
+            if alternate:
+                x = alternating_flip(x, bits, self.current_epoch)
+            x = augment(x, self.hparams.crop_padding, self.hparams.flip and not alternate, self.hparams.cutout)
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
+
+    def setup(self, stage: str) -> None:
+        # Nets initialised from data (model=fast's whitening layer): a fresh fit only, before the optimizer is
+        # built; on resume the checkpoint's weights are loaded over this afterwards.
+        dm = self._trainer.datamodule if self._trainer is not None else None
+        if stage == "fit" and hasattr(self.net, "init_from_data") and dm is not None and "train" in dm.splits:
+            images = dm.splits["train"].images[: getattr(self.net, "init_images", 5000)]
+            self.net.init_from_data(normalize(images.to(self.mean.device), self.mean, self.std))
 
     def on_train_epoch_start(self) -> None:
         # Dropout/augmentation randomness as a function of (seed, epoch, rank): a run resumed from an epoch

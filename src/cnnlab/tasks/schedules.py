@@ -32,3 +32,17 @@ def cosine(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, warmup_
 def step(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, step_epochs: int = 10,
          gamma: float = 0.1) -> LRScheduler:
     return LambdaLR(optimizer, lambda s: gamma ** (s // (step_epochs * steps_per_epoch)))
+
+
+def triangle(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, start_factor: float = 0.2,
+             peak_at: float = 0.23, end_factor: float = 0.07) -> LRScheduler:
+    """Linear up from start_factor·lr to lr at peak_at of the run, then linear down to end_factor·lr (airbench:
+    a short run spends most steps annealing)."""
+    peak = max(1, int(peak_at * total_steps))
+
+    def factor(s: int) -> float:
+        if s < peak:
+            return start_factor + (1 - start_factor) * s / peak
+        return 1 + (end_factor - 1) * min(1.0, (s - peak) / max(1, total_steps - peak))
+
+    return LambdaLR(optimizer, factor)
