@@ -95,21 +95,32 @@ class SafeMLFlowLogger(MLFlowLogger):
         self._guard("run status", super().finalize, status)
 
 
-def make_logger(cfg: DictConfig, run_name: str, run_id: str | None = None,
-                parent_run_id: str | None = None) -> SafeMLFlowLogger | None:
-    """The Lightning logger for a training run (its MLflow run is created lazily, on rank 0 only)."""
+def usable_uri(cfg: DictConfig) -> str | None:
+    """The tracking URI when tracking is on and the store answers; None (with a warning) otherwise."""
     if not cfg.tracking.enabled:
         return None
     uri = tracking_uri(cfg)
     if why := unreachable(uri):
         log.warning("MLflow server %s unreachable (%s): this run is not tracked; local files are complete", uri, why)
         return None
-    local = not uri.startswith(("http://", "https://"))
+    return uri
+
+
+def _artifact_location(cfg: DictConfig, uri: str) -> str | None:
+    local = not uri.startswith(("http://", "https://"))  # a server decides where its artifacts go
+    return Path(cfg.paths.mlflow_artifacts).resolve().as_uri() if local else None
+
+
+def make_logger(cfg: DictConfig, run_name: str, run_id: str | None = None,
+                parent_run_id: str | None = None) -> SafeMLFlowLogger | None:
+    """The Lightning logger for a training run (its MLflow run is created lazily, on rank 0 only)."""
+    if (uri := usable_uri(cfg)) is None:
+        return None
     return SafeMLFlowLogger(
         experiment_name=cfg.tracking.experiment, run_name=run_name, tracking_uri=uri, run_id=run_id,
         tags={"dataset": cfg.data.name, "model": cfg.model.name, "recipe": cfg.get("recipe") or "default",
               **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})},
-        artifact_location=Path(cfg.paths.mlflow_artifacts).resolve().as_uri() if local else None)
+        artifact_location=_artifact_location(cfg, uri))
 
 
 def log_model(logger: SafeMLFlowLogger, net, example) -> None:
@@ -130,22 +141,16 @@ def log_model(logger: SafeMLFlowLogger, net, example) -> None:
 def new_run(cfg: DictConfig, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str | None:
     """Create a finished-later MLflow run for a non-Lightning stage (e.g. style); None when untracked.
     Call only on rank 0. Add results with `log_run_files`."""
-    if not cfg.tracking.enabled:
-        return None
-    uri = tracking_uri(cfg)
-    if why := unreachable(uri):
-        log.warning("MLflow server %s unreachable (%s): this run is not tracked; local files are complete", uri, why)
+    if (uri := usable_uri(cfg)) is None:
         return None
     from mlflow import MlflowClient
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param
 
     try:
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(cfg.tracking.experiment)
-        local = not uri.startswith(("http://", "https://"))
         exp_id = exp.experiment_id if exp else client.create_experiment(
-            cfg.tracking.experiment,
-            artifact_location=Path(cfg.paths.mlflow_artifacts).resolve().as_uri() if local else None)
+            cfg.tracking.experiment, artifact_location=_artifact_location(cfg, uri))
         run = client.create_run(exp_id, run_name=run_name, tags={**tags, **git_state()})
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
