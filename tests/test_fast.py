@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from cnnlab.data.augment import alternating_flip, image_bits, translate, tta_logits
 from cnnlab.models.fast import FastNet

@@ -50,6 +50,7 @@ class FastNet(nn.Module):
         if min(h, w) - whiten_kernel + 1 < 2 ** len(widths):
             raise UserError(f"model=fast: {h}×{w} images are too small for {len(widths)} conv groups "
                             f"(each halves the size); use fewer model.net.widths")
+        self.in_shape = tuple(in_shape)
         self.whiten_kernel, self.whiten_eps, self.init_images = whiten_kernel, whiten_eps, init_images
         self.whiten = nn.Conv2d(c, 2 * c * whiten_kernel ** 2, whiten_kernel)  # valid conv: 32 → 31 px
         self.whiten.weight.requires_grad_(False)  # frozen: set from the data by init_from_data, never trained

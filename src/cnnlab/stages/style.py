@@ -1,4 +1,4 @@
-"""Stage `style`: neural style transfer (Gatys et al.) of `style.content` in the style of `style.style` images.
+"""Stage `style`: neural style transfer (Gatys et al.) of `style.content` in the style of `style.style`.
 
 Outputs, replaced as a whole (atomic directory) in ${style.dir}/<name>/: result.png (full size), panel.png
 (content | styles | result), losses.csv + losses.png (per evaluation), metrics.json (final losses, time,
@@ -7,20 +7,27 @@ iterations), run.json (input hashes, git, MLflow run id), config.yaml. One MLflo
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import sys
 from pathlib import Path
 
+# Set before torch loads OpenMP (true under `cnnlab style`; no effect once torch is imported). libgomp's
+# threads spin while waiting for each other: best on free cores, a collapse when the cores are already busy.
+# Per evaluation on this 2-core box: 256 px at load ~3.5, 2129 ms spinning vs 61 ms PASSIVE; 512 px at load
+# ~1.3, 110-118 ms spinning vs 152-164 ms PASSIVE. So PASSIVE only when the load already fills the cores.
+if "OMP_WAIT_POLICY" not in os.environ and os.getloadavg()[0] >= (os.cpu_count() or 1):
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab import tracking
 from cnnlab.errors import UserError
-from cnnlab.evaluation.plots import write_csv
 from cnnlab.io import atomic_dir, write_json, write_text
 from cnnlab.style.features import TRUNKS, feature_net
-from cnnlab.style.figures import loss_curves_png, panel_png
+from cnnlab.style.figures import loss_curves_png, panel_png, write_csv
 from cnnlab.style.images import image_name, load_image, save_png
 from cnnlab.style.transfer import Settings, check, stylise
 
@@ -43,6 +50,16 @@ def _style_weights(s: DictConfig, n: int) -> list[float]:
     return [v / sum(w) for v in w]
 
 
+def transfer_settings(cfg: DictConfig) -> Settings:
+    s = cfg.style
+    return Settings(
+        content_layers=list(s.content_layers), style_layers=list(s.style_layers),
+        content_weight=s.content_weight, style_weight=s.style_weight, tv_weight=s.tv_weight, init=s.init,
+        optimizer=s.optimizer, iterations=s.iterations, lr=s.lr, lbfgs_history=s.lbfgs_history,
+        lbfgs_chunk=s.lbfgs_chunk, line_search=s.line_search, scales=list(s.scales), min_side=s.min_size,
+        preserve_color=s.preserve_color, seed=cfg.seed, channels_last=s.channels_last)
+
+
 def _progress(total: int):
     """A rich bar on a terminal; otherwise five plain log lines (CI logs, DVC, files)."""
     if sys.stdout.isatty():
@@ -61,8 +78,8 @@ def _progress(total: int):
 
     def update(done, total, row):
         if done % every == 0 or done == total:
-            log.info("evaluation %d/%d at %d px: content %.4g, style %.4g, tv %.4g", done, total, row["scale"],
-                     row["content"], row["style"], row["tv"])
+            log.info("evaluation %d/%d at %d px: content %.4g, style %.4g, tv %.4g", done, total,
+                     row["scale"], row["content"], row["style"], row["tv"])
     return None, update
 
 
@@ -74,35 +91,35 @@ def run(cfg: DictConfig) -> dict:
     if not styles_spec:
         raise UserError("style.style needs at least one style image")
     weights = _style_weights(s, len(styles_spec))
-    settings = Settings(
-        content_layers=list(s.content_layers), style_layers=list(s.style_layers),
-        content_weight=s.content_weight, style_weight=s.style_weight, tv_weight=s.tv_weight, init=s.init,
-        optimizer=s.optimizer, iterations=s.iterations, lr=s.lr, lbfgs_history=s.lbfgs_history,
-        lbfgs_chunk=s.lbfgs_chunk, line_search=s.line_search, scales=list(s.scales), min_side=s.min_size,
-        preserve_color=s.preserve_color, seed=cfg.seed, channels_last=s.channels_last)
+    settings = transfer_settings(cfg)
     check(settings)  # before loading anything: a typo costs no time
     size = _clamped_size(s)
     content, content_sha = load_image(s.content, size, s.min_size)
-    loaded = [load_image(spec, max(round(size * s.style_scale), s.min_size), s.min_size) for spec in styles_spec]
+    style_size = max(round(size * s.style_scale), s.min_size)
+    loaded = [load_image(spec, style_size, s.min_size) for spec in styles_spec]
     styles = [img for img, _ in loaded]
     net = feature_net(s.network, settings.content_layers + settings.style_layers, s.weights_path,
                       s.softmax_features, s.softmax_temperature)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if s.device == "auto" else s.device)
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if s.device == "auto" else s.device)
     torch.manual_seed(cfg.seed)
 
     bar, update = _progress(s.iterations * len(settings.scales))
-    if bar:
-        with bar:
-            result = stylise(net, content, styles, weights, settings, device, update)
-    else:
+    with bar or contextlib.nullcontext():
         result = stylise(net, content, styles, weights, settings, device, update)
+
+    from cnnlab import tracking  # not at the top: it imports Lightning (~3 s), which a bad input never needs
 
     name = s.name or f"{image_name(s.content)}_{'+'.join(image_name(x) for x in styles_spec)}"
     name = re.sub(r"[^\w.+=-]", "_", name)
     out = Path(s.dir) / name
     h, w = result.image.shape[-2:]
     metrics = {**{f"{k}_loss": v for k, v in result.final.items()}, "time_s": round(result.seconds, 2),
-               "iterations": len(result.history), "height": h, "width": w, "device": device.type}
+               "iterations": len(result.history), "lbfgs_restarts": result.restarts, "height": h, "width": w,
+               "device": device.type}
+    if result.restarts:
+        log.warning("L-BFGS ran away %d time(s) and restarted from the best image: lower "
+                    "style.style_weight or set style.line_search=strong_wolfe", result.restarts)
     params = {f"style.{k}": v for k, v in tracking.flatten(s).items() if not k.startswith("presets.")}
     run_id = tracking.new_run(cfg, f"style-{name}", {**params, "seed": cfg.seed},
                               {"stage": "style", "network": s.network})
@@ -119,12 +136,16 @@ def run(cfg: DictConfig) -> dict:
         loss_curves_png(result.history, tmp / "losses.png", f"{name}: {s.network}"
                         + (", SWAG" if s.softmax_features else "") + f", {s.optimizer}")
         write_json(tmp / "metrics.json", metrics)
-        write_json(tmp / "run.json", {"content": {"image": s.content, "sha256": content_sha}, "styles": inputs,
-                                      "mlflow_run_id": run_id, **tracking.git_state()})
+        write_json(tmp / "run.json", {"content": {"image": s.content, "sha256": content_sha},
+                                      "styles": inputs,
+                                      "mlflow_run_id": run_id, "torch_threads": torch.get_num_threads(),
+                                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+                                      **tracking.git_state()})
         write_text(tmp / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(
             {"seed": cfg.seed, "style": OmegaConf.to_container(s, resolve=True)})))
     files = sorted(out.iterdir())
-    tracking.log_run_files(cfg, run_id, {"style": files}, metrics, finish=True)
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    tracking.log_run_files(cfg, run_id, {"style": files}, numbers, finish=True)
     log.info("%s: %d×%d px, %d evaluations in %.1f s (content %.3g, style %.3g, tv %.3g) → %s", name, w, h,
              metrics["iterations"], result.seconds, result.final["content"], result.final["style"],
              result.final["tv"], out)

@@ -73,8 +73,8 @@ def run(cfg: DictConfig) -> float:
         num_classes=manifest["num_classes"], class_names=manifest["classes"], mean=manifest["mean"],
         std=manifest["std"], optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.scheduler else None, label_smoothing=t.label_smoothing,
-        crop_padding=t.augment.crop_padding, flip=t.augment.flip, alternate_flip=t.augment.get("alternate_flip", False),
-        cutout=t.augment.cutout,
+        crop_padding=t.augment.crop_padding, flip=t.augment.flip,
+        alternate_flip=t.augment.get("alternate_flip", False), cutout=t.augment.cutout,
         channels_last=t.channels_last, compile=t.compile, seed=cfg.seed)
     data = PreparedData(str(data_dir), t.batch_size, t.eval_batch_size, seed=cfg.seed, drop_last=t.drop_last,
                         per_class=t.per_class, subset_seed=t.subset_seed)

@@ -1,4 +1,4 @@
-"""A pretrained feature network cut after the deepest layer a style transfer uses, returning named activations.
+"""A pretrained feature network cut after the deepest layer a style transfer uses; returns named activations.
 
 The network's trunk is flattened into one nn.Sequential of its blocks (EfficientNet-Lite0: conv_stem, bn1,
 blocks.0.0 … blocks.6.0; VGG: features.0 … features.36) and truncated there: at 512 px the cut at blocks.3
@@ -7,6 +7,8 @@ it); a Sequential container's output is its last child's.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -43,21 +45,22 @@ def _flatten(name: str, module: nn.Module, out: list[tuple[str, nn.Module]]) -> 
 
 @torch.no_grad()
 def fold_batchnorm(module: nn.Module) -> None:
-    """Fold every eval-mode BatchNorm that directly follows a conv (in definition order, which is forward order in
-    timm's EfficientNet blocks and stem) into that conv; a timm BatchNormAct2d leaves its activation in place.
-    Same outputs, and the BN passes disappear from every forward and backward (-18% CPU time per evaluation
-    at 512 px with Lite0, torch.profiler)."""
+    """Fold every eval-mode BatchNorm that directly follows a conv (in definition order, which is forward
+    order in timm's EfficientNet blocks and stem) into that conv; a timm BatchNormAct2d leaves its activation.
+    Same outputs (to 2e-5), and the BN passes disappear from every forward and backward: −35 to −42% time per
+    evaluation at 512 px with Lite0 (docs/BENCHMARKS-style.md)."""
     for parent in module.modules():
         children = list(parent.named_children())
-        for (_, conv), (bn_name, bn) in zip(children, children[1:]):
-            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats):
+        for (_, conv), (bn_name, bn) in itertools.pairwise(children):
+            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+                    and bn.track_running_stats):
                 continue
             scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
             bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
             conv.weight.mul_(scale.view(-1, 1, 1, 1))
             conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias, requires_grad=False)
-            act = getattr(bn, "act", nn.Identity())
-            setattr(parent, bn_name, nn.Sequential(bn.drop, act) if not isinstance(bn.drop, nn.Identity) else act)
+            act, drop = getattr(bn, "act", nn.Identity()), getattr(bn, "drop", nn.Identity())
+            setattr(parent, bn_name, act if isinstance(drop, nn.Identity) else nn.Sequential(drop, act))
 
 
 def swag(f: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -78,15 +81,15 @@ class FeatureNet(nn.Module):
         for top in TRUNKS[network]:
             _flatten(top, net.get_submodule(top), blocks)
         aliases = vgg_names(net.features) if network.startswith("vgg") else {}
-        modules = {n: m for top in TRUNKS[network] for n, m in net.get_submodule(top).named_modules(prefix=top)}
+        modules = {n: m for top in TRUNKS[network]
+                   for n, m in net.get_submodule(top).named_modules(prefix=top)}
         unknown = [name for name in layers if aliases.get(name, name) not in modules]
         if unknown:
             top = list(aliases) or list(dict.fromkeys(n for b, _ in blocks for n in (b.rsplit(".", 1)[0], b)))
-            raise UserError(f"unknown {network} layer(s) {', '.join(unknown)}; valid: {', '.join(top)}"
-                            + (" (or features.<i>)" if aliases else " (or any submodule, e.g. blocks.2.0.bn1)"))
+            more = " (or features.<i>)" if aliases else " (or any submodule, e.g. blocks.2.0.bn1)"
+            raise UserError(f"unknown {network} layer(s) {', '.join(unknown)}; valid: {', '.join(top)}{more}")
         self.layers = list(dict.fromkeys(layers))
         self.at_block: dict[int, list[str]] = {}  # block index → layer names that are that block's output
-        self.hooked: list[str] = []
         deepest = 0
         for name in self.layers:
             target = aliases.get(name, name)
@@ -97,7 +100,6 @@ class FeatureNet(nn.Module):
             else:  # a module inside one block: caught by a hook while that block runs
                 i = next(i for i, (b, _) in enumerate(blocks) if target.startswith(b + "."))
                 modules[target].register_forward_hook(self._hook(name))
-                self.hooked.append(name)
                 deepest = max(deepest, i)
         for m in net.modules():  # in-place activations would overwrite a captured conv output
             if hasattr(m, "inplace"):

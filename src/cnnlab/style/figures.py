@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import csv
+import itertools
 from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
 
-from cnnlab.evaluation.plots import _save
+from cnnlab.io import atomic_path
 from cnnlab.style.images import to_uint8
+
+
+def _save(fig: Figure, path: str | Path, dpi: int = 110) -> None:
+    """As cnnlab.evaluation.plots._save; not imported from there because cnnlab.evaluation's __init__ pulls in
+    torchmetrics (+4.5 s on every `cnnlab style`)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    fig.clear()
+
+
+def write_csv(rows: list[dict], path: str | Path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
 
 
 def panel_png(images: list[torch.Tensor], titles: list[str], path: str | Path, height: float = 2.6,
@@ -16,7 +33,8 @@ def panel_png(images: list[torch.Tensor], titles: list[str], path: str | Path, h
     """Images side by side at one height (widths follow their aspect ratios), a title above each."""
     widths = [img.shape[-1] / img.shape[-2] for img in images]
     fig = Figure(figsize=(height * sum(widths) + 0.1 * len(images), height + 0.35), layout="constrained")
-    for ax, img, title in zip(fig.subplots(1, len(images), width_ratios=widths, squeeze=False)[0], images, titles):
+    axes = fig.subplots(1, len(images), width_ratios=widths, squeeze=False)[0]
+    for ax, img, title in zip(axes, images, titles):
         ax.imshow(to_uint8(img), interpolation="antialiased")
         ax.set_title(title, fontsize=9)
         ax.axis("off")
@@ -24,10 +42,10 @@ def panel_png(images: list[torch.Tensor], titles: list[str], path: str | Path, h
 
 
 def loss_curves_png(history: list[dict], path: str | Path, title: str = "") -> None:
-    """Content, style, TV and total loss per evaluation (log scale); dotted lines where a finer scale starts."""
+    """Content, style, TV and total loss per evaluation (log scale); dotted lines where a new scale starts."""
     keys = ["content", "style", "tv", "total"]
     fig = Figure(figsize=(12, 3), layout="constrained")
-    starts = [r["iteration"] for a, r in zip(history, history[1:]) if r["scale"] != a["scale"]]
+    starts = [r["iteration"] for a, r in itertools.pairwise(history) if r["scale"] != a["scale"]]
     for ax, k in zip(fig.subplots(1, len(keys)), keys):
         it = [r["iteration"] for r in history]
         v = [r[k] for r in history]

@@ -21,9 +21,9 @@ from cnnlab.io import atomic_path
 log = logging.getLogger(__name__)
 
 # In the scikit-image wheel itself (skimage/data/*.png|jpg); other names in skimage.data are fetched by pooch.
-SKIMAGE_BUNDLED = ("astronaut", "brick", "camera", "cell", "chelsea", "coffee", "coins", "colorwheel", "grass",
-                   "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo", "microaneurysms",
-                   "moon", "page", "retina", "rocket", "text")
+SKIMAGE_BUNDLED = ("astronaut", "brick", "camera", "cell", "chelsea", "coffee", "coins", "colorwheel",
+                   "grass", "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo",
+                   "microaneurysms", "moon", "page", "retina", "rocket", "text")
 MPL_SAMPLES = {"grace_hopper": "grace_hopper.jpg"}
 
 # BT.601 RGB → YUV (rows: Y, U, V); luminance-only transfer swaps Y and keeps the content's U, V.
@@ -39,13 +39,14 @@ def _sample(spec: str) -> Image.Image:
     kind, name = spec.split(":", 1)
     if kind == "mpl":
         if name not in MPL_SAMPLES:
-            raise UserError(f"unknown image {spec!r}; matplotlib samples: {', '.join('mpl:' + k for k in MPL_SAMPLES)}")
+            raise UserError(f"unknown image {spec!r}; matplotlib samples: "
+                            f"{', '.join('mpl:' + k for k in MPL_SAMPLES)}")
         from matplotlib import cbook
 
         return Image.open(cbook.get_sample_data(MPL_SAMPLES[name]))
     if name not in SKIMAGE_BUNDLED:
-        raise UserError(f"image {spec!r} is not one of scikit-image's bundled samples (others need a download): "
-                        f"{', '.join(SKIMAGE_BUNDLED)}")
+        raise UserError(f"image {spec!r} is not one of scikit-image's bundled samples (others need a "
+                        f"download): {', '.join(SKIMAGE_BUNDLED)}")
     try:
         import skimage.data
     except ImportError:
@@ -93,7 +94,7 @@ def load_image(spec: str, long_side: int, min_side: int) -> tuple[torch.Tensor, 
     size = (max(round(w * s), min_side), max(round(h * s), min_side))
     if min(w, h) < min_side:
         log.warning("%s is only %d×%d px: upscaled to %d×%d, expect a blurry result", spec, w, h, *size)
-    im = im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)  # reducing_gap: fast and still antialiased
+    im = im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)  # reducing_gap: fast, still antialiased
     arr = np.asarray(im, dtype=np.float32) / 255
     return torch.from_numpy(arr.transpose(2, 0, 1).copy()), digest
 

@@ -1,6 +1,6 @@
-"""Gatys et al. losses. Content and style terms are relative errors ‖a − b‖² / ‖b‖², so a weight means the same
-for every network, layer width, image size and with or without SWAG (raw VGG and Lite0 activations differ in
-scale by orders of magnitude, and a Gram matrix squares that)."""
+"""Gatys et al. losses. Content and style terms are relative errors ‖a − b‖² / ‖b‖², so a weight means the
+same for every network, layer width, image size and with or without SWAG (raw VGG and Lite0 activations differ
+in scale by orders of magnitude, and a Gram matrix squares that)."""
 
 from __future__ import annotations
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
+from cnnlab.errors import UserError
+
 
 class WeightAveraging(pl.Callback):
     """decay per step; the effective decay ramps up as (step/total)^warmup_power, so early (bad) weights are
@@ -15,7 +17,7 @@ class WeightAveraging(pl.Callback):
 
     def __init__(self, mode: str = "ema", every: int = 5, decay: float = 0.95, warmup_power: float = 3.0):
         if mode not in ("ema", "lookahead"):
-            raise ValueError(f"train.average.mode must be ema, lookahead or null, not {mode!r}")
+            raise UserError(f"train.average.mode must be ema, lookahead or null, not {mode!r}")
         self.mode, self.every, self.decay, self.power = mode, every, decay, warmup_power
         self.avg: dict[str, torch.Tensor] | None = None
         self._raw: dict[str, torch.Tensor] | None = None  # the raw weights of a checkpoint being resumed
