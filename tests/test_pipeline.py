@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TINY = ["data=synthetic", "trainer.max_epochs=1", "train.batch_size=64", "evaluate.grid_size=8",
         "runs.transfer.model.net.image_size=32", "runs.transfer.train.per_class=10",
-        "runs.transfer.trainer.max_epochs=1", "tracking.enabled=false"]
+        "runs.transfer.trainer.max_epochs=1", "style.size=48", "style.iterations=4", "tracking.enabled=false"]
 ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1"}
 
@@ -63,13 +63,14 @@ def ran(out: str) -> set[str]:
 @pytest.mark.slow
 def test_repro_noop_partial_rerun_experiments_and_remote(repo, tmp_path):
     out = sh("dvc", "repro", cwd=repo)
-    assert ran(out) == {"prepare", "train", "train-transfer", "evaluate", "evaluate-transfer", "report"}
+    assert ran(out) == {"prepare", "train", "train-transfer", "evaluate", "evaluate-transfer", "style", "report"}
     params = yaml.safe_load((repo / "params.yaml").read_text())
     scratch, transfer = params["run_name"], params["runs"]["transfer"]["run_name"]
     for run in (scratch, transfer):
         assert json.loads((repo / f"reports/{run}/eval/metrics.json").read_text())["num_samples"] == 200
     page = (repo / "reports/index.html").read_text()
     assert scratch in page and transfer in page and "data:image/png;base64," in page
+    assert "Neural style transfer" in page and "astronaut_immunohistochemistry" in page
 
     assert "Data and pipelines are up to date" in sh("dvc", "repro", cwd=repo)  # nothing changed: no-op
 

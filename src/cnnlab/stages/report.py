@@ -77,12 +77,12 @@ def _run_section(cfg: DictConfig) -> tuple[str, dict]:
     return "\n".join(parts), summary
 
 
-def _style_section(reports: Path) -> str:
-    panels = sorted(reports.glob("style/**/panel.png"))
+def _style_section(style_dir: Path) -> str:
+    panels = sorted(style_dir.glob("**/panel.png"))
     out = []
     for panel in panels:
         m = _json(panel.parent / "metrics.json")
-        out += [f"<h3>{html.escape(str(panel.parent.relative_to(reports)))}</h3>",
+        out += [f"<h3>{html.escape(panel.parent.name)}</h3>",
                 _table([{k: v for k, v in m.items() if not isinstance(v, (dict, list))}]),
                 '<div class="figs">', _img(panel, "content | style | result"),
                 _img(panel.parent / "losses.png", "losses"), "</div>"]
@@ -106,7 +106,7 @@ def run(cfg: DictConfig) -> dict:
 </head><body><h1>cnnlab report</h1><p class=prov>data: {html.escape(cfg.data.name)}</p>
 <h2>Summary</h2>{_table(list(rows))}
 {''.join(sections)}
-{_style_section(reports)}
+{_style_section(Path(cfg.style.dir))}
 {_sweep_section(Path(cfg.paths.log_dir))}
 </body></html>"""
     out = reports / "index.html"
