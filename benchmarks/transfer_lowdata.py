@@ -62,7 +62,7 @@ def main() -> None:
     a = ap.parse_args()
     a.workdir.mkdir(parents=True, exist_ok=True)
     common = ["data=fashion_mnist", "tracking.enabled=false", "scheduler=none", f"train.per_class={a.per_class}",
-              "train.batch_size=64", "trainer.max_epochs=1000", f"+trainer.max_time={{seconds:{a.budget}}}",
+              "train.batch_size=64", "trainer.max_epochs=1000", f"trainer.max_time={{seconds:{a.budget}}}",
               "trainer.limit_val_batches=1"]
     cli(a.workdir, "prepare", "data=fashion_mnist")
     results: dict[str, list[dict]] = {}

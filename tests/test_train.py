@@ -39,7 +39,7 @@ def synthetic(cfg):
 
 
 def test_train_then_evaluate_cli_one_mlflow_run(cli, workdir, synthetic):
-    cli("train", *TINY)
+    cli("train", *TINY, "trainer.max_time={minutes:10}")  # a dict value reaches Lightning as a dict
     cli("evaluate", "data=synthetic")
     model_dir, rep = workdir / "models/seed_mnist_cnn-synthetic", workdir / "reports/seed_mnist_cnn-synthetic"
     for f in ("best.ckpt", "last.ckpt", "run.json", "config.yaml"):

@@ -98,7 +98,9 @@ def run(cfg: DictConfig) -> float:
         callbacks.append(EarlyStopping(monitor=t.monitor, mode=t.monitor_mode, patience=t.early_stopping_patience))
     if mlflow_logger:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-    trainer = pl.Trainer(**cfg.trainer, deterministic=cfg.deterministic, logger=mlflow_logger or False,
+    # plain containers: Lightning type-checks some values (max_time as a dict, devices as a list)
+    trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), deterministic=cfg.deterministic,
+                         logger=mlflow_logger or False,
                          callbacks=callbacks, enable_progress_bar=tty, enable_model_summary=False,
                          default_root_dir=str(model_dir))
 

@@ -48,7 +48,7 @@ def fold_batchnorm(module: nn.Module) -> None:
     """Fold every eval-mode BatchNorm that directly follows a conv (in definition order, which is forward
     order in timm's EfficientNet blocks and stem) into that conv; a timm BatchNormAct2d leaves its activation.
     Same outputs (to 2e-5), and the BN passes disappear from every forward and backward: −35 to −42% time per
-    evaluation at 512 px with Lite0 (docs/BENCHMARKS-style.md)."""
+    evaluation at 512 px with Lite0 (docs/BENCHMARKS.md)."""
     for parent in module.modules():
         children = list(parent.named_children())
         for (_, conv), (bn_name, bn) in itertools.pairwise(children):
