@@ -24,7 +24,7 @@ import torch
 
 CNNLAB = str(Path(sys.executable).with_name("cnnlab"))
 LITE0 = ["model=efficientnet_lite0", "optimizer=adamw"]
-MODELS = {  # run name → overrides; the scratch model is the best of the baseline table (docs/BENCHMARKS.md)
+MODELS = {  # run name → overrides; scratch: the seed notebook's CNN
     "scratch": ["model=seed_mnist_cnn", "optimizer=adam", "optimizer.lr=1e-3"],
     "lite0-probe": [*LITE0, "model.net.mode=linear_probe", "optimizer.lr=1e-2"],  # head only: a larger lr
     "lite0-finetune": [*LITE0, "model.net.mode=finetune", "optimizer.lr=1e-3"],  # backbone at 0.1 × lr
