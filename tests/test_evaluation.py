@@ -14,7 +14,8 @@ from PIL import Image
 from cnnlab.errors import UserError
 from cnnlab.evaluation import (classification_metrics, confident_mistakes_png, confusion_matrix,
                                confusion_matrix_png, prediction_grid_png, prediction_records,
-                               training_curves_png, write_csv)
+                               training_curves_png)
+from cnnlab.io import write_csv
 
 AB = ["a", "b"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import json
 import os
@@ -56,6 +57,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_csv(rows: list[dict], path: str | Path) -> None:
+    """Header = union of keys in first-seen order; missing cells are empty."""
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def write_figure(fig: Any, path: str | Path, dpi: int = 110) -> None:
+    """A matplotlib Figure as PNG, then cleared (no pyplot reference exists, so that is the whole of closing)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")  # format: tmp ends in .tmp, not .png
+    fig.clear()
 
 
 def write_json(path: str | Path, obj: Any) -> None:

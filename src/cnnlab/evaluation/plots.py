@@ -6,22 +6,15 @@ construction, PNG goes through Agg), and no global figure registry can leak figu
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
 
-from cnnlab.io import atomic_path
+from cnnlab.io import write_figure
 
 RIGHT, WRONG = "tab:blue", "tab:red"  # as in the seed notebooks
-
-
-def _save(fig: Figure, path: str | Path, dpi: int = 110) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")  # format: tmp ends in .tmp, not .png
-    fig.clear()  # drop artists now; no pyplot reference exists, so this is the whole of "closing"
 
 
 def _image(img: torch.Tensor):
@@ -36,7 +29,7 @@ def _grid(images: torch.Tensor, titles: list[str], colors: list[str], path, ncol
     if n == 0:
         fig = Figure(figsize=(4, 2))
         fig.text(0.5, 0.5, title or "nothing to show", ha="center", va="center")
-        return _save(fig, path)
+        return write_figure(fig, path)
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
     fig = Figure(figsize=(1.6 * ncols, 1.8 * nrows + (0.4 if title else 0)), layout="constrained")
@@ -49,7 +42,7 @@ def _grid(images: torch.Tensor, titles: list[str], colors: list[str], path, ncol
         ax.axis("off")
     if title:
         fig.suptitle(title)
-    _save(fig, path)
+    write_figure(fig, path)
 
 
 def prediction_grid_png(images: torch.Tensor, preds: torch.Tensor, labels: torch.Tensor,
@@ -102,7 +95,7 @@ def confusion_matrix_png(cm: torch.Tensor, class_names: list[str], path: str | P
                     text += f"\n{int(cm[i, j])}"
                 ax.text(j, i, text, ha="center", va="center", fontsize=7 if k > 10 else 8,
                         color="white" if v > hi else "black")
-    _save(fig, path)
+    write_figure(fig, path)
 
 
 def training_curves_png(history: list[dict], path: str | Path) -> None:
@@ -113,7 +106,7 @@ def training_curves_png(history: list[dict], path: str | Path) -> None:
     if not names:
         fig = Figure(figsize=(4, 2))
         fig.text(0.5, 0.5, "no train/ or val/ metrics logged", ha="center", va="center")
-        return _save(fig, path)
+        return write_figure(fig, path)
     fig = Figure(figsize=(4.2 * len(names), 3.4), layout="constrained")
     for ax, name in zip(fig.subplots(1, len(names), squeeze=False).ravel(), names):
         for split, color in (("train", "tab:blue"), ("val", "tab:orange")):
@@ -126,13 +119,4 @@ def training_curves_png(history: list[dict], path: str | Path) -> None:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend()
-    _save(fig, path)
-
-
-def write_csv(rows: list[dict], path: str | Path) -> None:
-    """Header = union of keys in first-seen order; missing cells are empty."""
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
+    write_figure(fig, path)

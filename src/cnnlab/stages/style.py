@@ -25,9 +25,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.errors import UserError
-from cnnlab.io import atomic_dir, write_json, write_text
+from cnnlab.io import atomic_dir, write_csv, write_json, write_text
 from cnnlab.style.features import TRUNKS, feature_net
-from cnnlab.style.figures import loss_curves_png, panel_png, write_csv
+from cnnlab.style.figures import loss_curves_png, panel_png
 from cnnlab.style.images import image_name, load_image, save_png
 from cnnlab.style.transfer import Settings, check, stylise
 

@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import itertools
 from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
 
-from cnnlab.io import atomic_path
+from cnnlab.io import write_figure
 from cnnlab.style.images import to_uint8
-
-
-def _save(fig: Figure, path: str | Path, dpi: int = 110) -> None:
-    """As cnnlab.evaluation.plots._save; not imported from there because cnnlab.evaluation's __init__ pulls in
-    torchmetrics (+4.5 s on every `cnnlab style`)."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    fig.clear()
-
-
-def write_csv(rows: list[dict], path: str | Path) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
 
 
 def panel_png(images: list[torch.Tensor], titles: list[str], path: str | Path, height: float = 2.6,
@@ -38,7 +22,7 @@ def panel_png(images: list[torch.Tensor], titles: list[str], path: str | Path, h
         ax.imshow(to_uint8(img), interpolation="antialiased")
         ax.set_title(title, fontsize=9)
         ax.axis("off")
-    _save(fig, path, dpi=dpi)
+    write_figure(fig, path, dpi)
 
 
 def loss_curves_png(history: list[dict], path: str | Path, title: str = "") -> None:
@@ -59,4 +43,4 @@ def loss_curves_png(history: list[dict], path: str | Path, title: str = "") -> N
         ax.grid(alpha=0.3, which="both")
     if title:
         fig.suptitle(title, fontsize=10)
-    _save(fig, path)
+    write_figure(fig, path)

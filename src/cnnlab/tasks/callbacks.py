@@ -9,7 +9,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BaseFinetuning
 
-from cnnlab.evaluation.plots import write_csv
+from cnnlab.io import write_csv
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ import torch
 from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 
-from cnnlab.evaluation.plots import _image, _save
+from cnnlab.evaluation.plots import _image
+from cnnlab.io import write_figure
 
 
 def _show(ax, img: torch.Tensor, title: str = "", **kw) -> None:
@@ -57,7 +58,7 @@ def maps_png(images: torch.Tensor, rows: list[tuple[list[str], torch.Tensor]], t
     if im is not None:
         fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8 if nrows > 1 else 1.0, label=cbar)
     fig.suptitle(title, fontsize=10)
-    _save(fig, path, dpi)
+    write_figure(fig, path, dpi)
 
 
 def filters_png(weight: torch.Tensor, path: str | Path, title: str, dpi: int = 110) -> None:
@@ -87,7 +88,7 @@ def filters_png(weight: torch.Tensor, path: str | Path, title: str, dpi: int = 1
     if i != 3:
         fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label=note)
     fig.suptitle(f"{title}\n{note}" if i == 3 else title, fontsize=10)
-    _save(fig, path, dpi)
+    write_figure(fig, path, dpi)
 
 
 def feature_maps_png(image: torch.Tensor, acts: dict[str, torch.Tensor], headings: dict[str, str],
@@ -116,7 +117,7 @@ def feature_maps_png(image: torch.Tensor, acts: dict[str, torch.Tensor], heading
         c, h, w = a.shape
         sub.suptitle(f"{headings.get(name, name)}: {c}×{h}×{w}, {len(top)} most active channels", fontsize=9)
     fig.suptitle(title, fontsize=10)
-    _save(fig, path, dpi)
+    write_figure(fig, path, dpi)
 
 
 _CHANNELS = {3: [("red", "red"), ("green", "green"), ("blue", "blue")], 1: [("grey", "white")]}
@@ -168,4 +169,4 @@ def kernels_png(image: torch.Tensor, kernels: dict[str, torch.Tensor], filtered:
             ax.axis("off")
         fig.colorbar(im, ax=axes, location="bottom", shrink=0.9, aspect=15, extend="both")
     fig.suptitle(title, fontsize=10)
-    _save(fig, path, dpi)
+    write_figure(fig, path, dpi)
