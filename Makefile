@@ -27,7 +27,7 @@ run: install data
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/cnnlab params
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
 	@echo
-	@echo "report:    $(CURDIR)/reports/index.html"
+	@echo "report:    $(CURDIR)/results/report/index.html  (commit dvc.lock and params.yaml: your baseline)"
 	@echo "MLflow UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000"
 
 # Two workers: most test time is process start-up and imports, which overlap well on 2 cores.
@@ -35,4 +35,4 @@ test: install data
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -n 2
 
 clean:
-	rm -rf data/prepared models reports logs mlflow.db mlartifacts
+	rm -rf data/prepared results runs mlflow.db mlartifacts

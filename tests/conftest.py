@@ -28,8 +28,10 @@ def workdir(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def cfg():
-    """compose(overrides) → the DictConfig a `cnnlab <command> <overrides>` run would get."""
-    return lambda *overrides: compose(list(overrides))
+    """compose(overrides) → the DictConfig a `cnnlab <command> <overrides>` run would get, writing to out/ unless
+    the overrides name an out_dir (the CLI would make a folder under runs/)."""
+    return lambda *overrides: compose(
+        [*overrides] if any(o.startswith("out_dir=") for o in overrides) else ["out_dir=out", *overrides])
 
 
 def run_cli(*args: str, check: bool = True, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -35,8 +35,8 @@ def test_whitening_layer_whitens_the_data_and_stays_frozen(cfg, workdir, synthet
     assert torch.allclose(cov, torch.eye(12), atol=1e-3)
     assert not net.whiten.weight.requires_grad
     # through training: set from the data in setup, then never changed by the optimizer
-    train.run(cfg(*TINY, "trainer.max_epochs=1", "run_name=w"))
-    sd = torch.load(workdir / "models/w/last.ckpt", weights_only=True)["state_dict"]
+    train.run(cfg(*TINY, "trainer.max_epochs=1", "out_dir=w"))
+    sd = torch.load(workdir / "w/model/last.ckpt", weights_only=True)["state_dict"]
     w = sd["net.whiten.weight"]
     fresh = FastNet((1, 28, 28), 10, widths=[8, 16, 16]).whiten.weight
     assert not torch.allclose(w, fresh)  # not the random init
@@ -88,21 +88,21 @@ def test_ema_weights_are_checkpointed_and_evaluated(cfg, workdir, synthetic):
     from cnnlab.stages.evaluate import load_classifier
 
     train.run(cfg(*TINY, "train.average.mode=ema", "train.average.every=1", "train.average.decay=0.9",
-                  "train.average.warmup_power=0", "run_name=ema"))
-    ck = torch.load(workdir / "models/ema/last.ckpt", weights_only=True)
+                  "train.average.warmup_power=0", "out_dir=ema"))
+    ck = torch.load(workdir / "ema/model/last.ckpt", weights_only=True)
     state = next(v for k, v in ck["callbacks"].items() if "WeightAveraging" in k)
     key = "head.weight"
     assert torch.equal(ck["state_dict"]["net." + key], state["avg"][key])  # the checkpoint holds the average
     assert not torch.allclose(state["avg"][key], state["raw"][key])  # which differs from the raw weights
-    model = load_classifier(workdir / "models/ema/last.ckpt", torch.device("cpu"))
+    model = load_classifier(workdir / "ema/model/last.ckpt", torch.device("cpu"))
     assert torch.equal(model.net.head.weight, state["avg"][key])  # and is what evaluate loads
 
 
 def test_fast_experiment_trains_and_evaluates_through_cli(cli, workdir, synthetic):
     over = ["experiment=fast_fashion_mnist", "data=synthetic", "model.net.widths=[8,16,16]", "tracking.enabled=false"]
-    cli("train", *over, "trainer.max_epochs=2", "train.batch_size=100")
-    cli("evaluate", *over, "evaluate.gradcam=0")
-    m = json.loads((workdir / "reports/fast-synthetic/eval/metrics.json").read_text())
+    cli("train", *over, "trainer.max_epochs=2", "train.batch_size=100", "out_dir=out")
+    cli("evaluate", *over, "evaluate.gradcam=0", "out_dir=out")
+    m = json.loads((workdir / "out/eval/metrics.json").read_text())
     assert m["num_samples"] == 200 and 0 <= m["accuracy"] <= 1
-    cfg = (workdir / "models/fast-synthetic/config.yaml").read_text()
+    cfg = (workdir / "out/model/config.yaml").read_text()
     assert "nesterov_sgd" in cfg and "triangle" in cfg and "tta: true" in cfg and "mode: lookahead" in cfg

@@ -1,12 +1,16 @@
-"""The DVC pipeline with real `dvc` commands, on synthetic data with tiny settings, in a throwaway git repo."""
+"""The DVC pipeline with real `dvc` commands, on synthetic data with tiny settings, in a throwaway git repo: exact
+reruns, experiments compared column by column, queued experiments in the one MLflow store, user runs that DVC
+never touches."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TINY = ["data=synthetic", "trainer.max_epochs=1", "train.batch_size=64", "evaluate.grid_size=8",
         "runs.transfer.model.net.image_size=32", "runs.transfer.train.per_class=10",
-        "runs.transfer.trainer.max_epochs=1", "style.size=48", "style.iterations=4", "tracking.enabled=false"]
+        "runs.transfer.trainer.max_epochs=1", "style.size=48", "style.iterations=4"]
 ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1"}
 
@@ -28,20 +32,17 @@ def sh(*cmd: str, cwd: Path) -> str:
     return p.stdout + p.stderr
 
 
-STUDY = ["experiment=cifar10", "paths.params_file=pipelines/cifar10/params.yaml"]
-
-
-@pytest.mark.parametrize("params_file, overrides", [("params.yaml", []), ("pipelines/cifar10/params.yaml", STUDY)])
-def test_params_files_are_the_composition_of_conf(tmp_path, params_file, overrides):
-    """params files are generated from conf/: they can never drift (regenerate with `cnnlab params ...`)."""
+def test_params_file_is_the_composition_of_conf(tmp_path):
+    """params.yaml is generated from conf/: it can never drift (regenerate with `cnnlab params`)."""
     from dvc.utils.hydra import compose_and_dump
 
-    compose_and_dump(tmp_path / "params.yaml", str(ROOT / "conf"), None, "config", str(tmp_path), overrides)
-    assert (tmp_path / "params.yaml").read_text() == (ROOT / params_file).read_text()
+    compose_and_dump(tmp_path / "params.yaml", str(ROOT / "conf"), None, "config", str(tmp_path), [])
+    assert (tmp_path / "params.yaml").read_text() == (ROOT / "params.yaml").read_text()
 
 
 @pytest.fixture
 def repo(tmp_path) -> Path:
+    """A fresh clone's worth of the project, its pipeline run once (tiny) and committed with its lock file."""
     r = tmp_path / "repo"
     r.mkdir()
     for item in ("conf", "src", "pipelines", "dvc.yaml", ".dvcignore", ".gitignore"):
@@ -51,8 +52,10 @@ def repo(tmp_path) -> Path:
     sh("dvc", "config", "hydra.enabled", "true", cwd=r)
     sh("dvc", "config", "core.analytics", "false", cwd=r)
     sh("cnnlab", "params", *TINY, cwd=r)
+    assert ran(sh("dvc", "repro", cwd=r)) == {"prepare", "train", "train-transfer", "evaluate",
+                                             "evaluate-transfer", "style", "report"}
     sh("git", "add", "-A", cwd=r)
-    sh("git", "commit", "-qm", "init", cwd=r)
+    sh("git", "commit", "-qm", "baseline", cwd=r)
     return r
 
 
@@ -60,56 +63,101 @@ def ran(out: str) -> set[str]:
     return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")}
 
 
-@pytest.mark.slow
-def test_repro_noop_partial_rerun_experiments_and_remote(repo, tmp_path):
-    out = sh("dvc", "repro", cwd=repo)
-    assert ran(out) == {"prepare", "train", "train-transfer", "evaluate", "evaluate-transfer", "style", "report"}
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    scratch, transfer = params["run_name"], params["runs"]["transfer"]["run_name"]
-    for run in (scratch, transfer):
-        assert json.loads((repo / f"reports/{run}/eval/metrics.json").read_text())["num_samples"] == 200
-    page = (repo / "reports/index.html").read_text()
-    assert scratch in page and transfer in page and "data:image/png;base64," in page
-    assert "Neural style transfer" in page and "astronaut_immunohistochemistry" in page
+def clean(repo: Path) -> bool:
+    return "Data and pipelines are up to date" in sh("dvc", "status", cwd=repo)
 
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def mlflow_runs(repo: Path) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    [exp] = client.search_experiments()  # cnnlab's alone: no empty "Default" pointing at ./mlruns
+    return client.search_runs([exp.experiment_id])
+
+
+@pytest.mark.slow
+def test_exact_reruns_fixed_metric_columns_and_remote(repo, tmp_path):
+    assert clean(repo)  # after `make run` + committing dvc.lock: nothing to do, nothing listed
+    for key in ("scratch", "transfer"):
+        assert json.loads((repo / f"results/{key}/eval/metrics.json").read_text())["num_samples"] == 200
+    page = (repo / "results/report/index.html").read_text()
+    assert "seed_mnist_cnn" in page and "efficientnet_lite0" in page and "data:image/png;base64," in page
+    assert "Neural style transfer" in page and "astronaut_immunohistochemistry" in page
     assert "Data and pipelines are up to date" in sh("dvc", "repro", cwd=repo)  # nothing changed: no-op
 
-    sh("cnnlab", "params", *TINY, "optimizer.lr=0.002", cwd=repo)  # one model's learning rate
-    assert ran(sh("dvc", "repro", cwd=repo)) == {"train", "evaluate", "report"}
+    # each edit reruns exactly the stages that read it: the transfer run has its own train/trainer settings
+    for edit, stages in [("trainer.max_epochs=2", {"train", "evaluate", "report"}),
+                         ("runs.transfer.optimizer.lr=0.002", {"train-transfer", "evaluate-transfer", "report"}),
+                         ("evaluate.grid_size=4", {"evaluate", "evaluate-transfer", "report"}),
+                         ("style.iterations=3", {"style", "report"}),
+                         ("tracking.experiment=other", set())]:
+        sh("cnnlab", "params", *TINY, edit, cwd=repo)
+        assert ran(sh("dvc", "repro", cwd=repo)) == stages, edit
+        sh("git", "checkout", "-q", "params.yaml", "dvc.lock", cwd=repo)
+        sh("dvc", "checkout", "-q", cwd=repo)
 
-    metrics_json = sh("dvc", "metrics", "show", "--json", cwd=repo)
-    assert f"reports/{scratch}/eval/metrics.json" in metrics_json
-
-    # an experiment: DVC composes conf/ + -S overrides into params.yaml itself (Hydra composition)
-    sh("git", "add", "-A", cwd=repo)
-    sh("git", "commit", "-qm", "baseline", cwd=repo)
-    sh("dvc", "exp", "run", *[a for o in TINY for a in ("-S", o)], "-S", "optimizer.lr=0.003", cwd=repo)
-    assert yaml.safe_load((repo / "params.yaml").read_text())["optimizer"]["lr"] == 0.003
-    table = sh("dvc", "exp", "show", "--csv", cwd=repo)
-    assert "optimizer.lr" in table and "0.003" in table and "accuracy" in table
+    # two experiments with different models: their accuracy is in the same `dvc exp show` column
+    for name, model in (("mlp", "seed_mlp"), ("cnn", "cnn")):
+        sh("dvc", "exp", "run", "-n", name, *[a for o in TINY for a in ("-S", o)], "-S", f"model={model}", cwd=repo)
+    table = sh("dvc", "exp", "show", "--csv", "--only-changed", cwd=repo).splitlines()
+    header = table[0].split(",")
+    col = header.index("results/scratch/eval/metrics.json:accuracy")
+    rows = {r.split(",")[header.index("Experiment")]: r.split(",") for r in table[1:]}
+    assert all(0 <= float(rows[n][col]) <= 1 for n in ("mlp", "cnn")) and rows["mlp"][col] != rows["cnn"][col]
+    assert sum(h.endswith("accuracy") for h in header) == 2  # scratch and transfer, whatever the model
 
     # the remote round trip: push outputs to a local-directory remote, pull them into a fresh clone
+    sh("git", "checkout", "-q", ".", cwd=repo)
+    sh("dvc", "checkout", "-q", cwd=repo)
     sh("dvc", "remote", "add", "-d", "store", str(tmp_path / "remote"), cwd=repo)
     sh("git", "add", "-A", cwd=repo)
-    sh("git", "commit", "-qm", "results", cwd=repo)
-    sh("dvc", "push", "dvc.yaml", cwd=repo)
+    sh("git", "commit", "-qm", "remote", cwd=repo)
+    sh("dvc", "push", cwd=repo)
     clone = tmp_path / "clone"
     sh("git", "clone", "-q", str(repo), str(clone), cwd=tmp_path)
-    sh("dvc", "pull", "dvc.yaml", cwd=clone)  # the default pipeline (the study never ran here)
-    for out in (f"models/{scratch}/best.ckpt", f"models/{transfer}/best.ckpt", "data/prepared/synthetic/train.safetensors"):
+    sh("dvc", "pull", cwd=clone)
+    for out in ("results/scratch/model/best.ckpt", "results/transfer/model/best.ckpt",
+                "data/prepared/synthetic/train.safetensors"):
         assert (clone / out).read_bytes() == (repo / out).read_bytes()
-    assert "Data and pipelines are up to date" in sh("dvc", "repro", cwd=clone)
+    assert clean(clone)
 
 
 @pytest.mark.slow
-def test_cifar10_study_runs_on_synthetic_data(repo):
-    """pipelines/cifar10 reuses the stages with its own params file; tiny synthetic stand-in for CIFAR-10."""
-    sh("cnnlab", "params", *STUDY, *TINY, "data.channels=3", "data.image_size=32", "trainer=cpu",
-       "train.batch_size=64", "runs.transfer.train.batch_size=32", cwd=repo)
-    out = sh("dvc", "repro", "pipelines/cifar10/dvc.yaml", cwd=repo)
-    assert "Running stage 'pipelines/cifar10/dvc.yaml:report'" in out
-    study = yaml.safe_load((repo / "pipelines/cifar10/params.yaml").read_text())
-    assert study["model"]["name"] == "seed_cifar_cnn" and study["paths"]["reports_dir"] == "reports/cifar10"
-    run = study["run_name"]
-    assert json.loads((repo / f"reports/cifar10/{run}/eval/metrics.json").read_text())["num_samples"] == 200
-    assert (repo / "reports/cifar10/index.html").is_file() and not (repo / "reports/index.html").exists()
+def test_user_runs_survive_dvc_and_queued_experiments_reach_mlflow(repo):
+    # runs by hand — a sweep and a style transfer — go to runs/, which no stage declares
+    sh("cnnlab", "train", "-m", "data=synthetic", "trainer.max_epochs=1", "optimizer.lr=1e-3,2e-3", cwd=repo)
+    sh("cnnlab", "style", "style.size=40", "style.iterations=2", cwd=repo)
+    before = snapshot(repo / "runs")
+    assert any(k.endswith("-train-sweep/0/model/best.ckpt") for k in before)
+    assert any(k.endswith("astronaut_immunohistochemistry/result.png") for k in before)
+    assert clean(repo)
+
+    # two queued experiments: they run in DVC's temporary copies, and land in the project's one MLflow store
+    sh("dvc", "exp", "run", "--queue", *[a for o in TINY for a in ("-S", o)], "-S", "optimizer.lr=1e-3,2e-3",
+       cwd=repo)
+    sh("dvc", "queue", "start", cwd=repo)
+    deadline = time.time() + 600
+    while time.time() < deadline and any(s in sh("dvc", "queue", "status", cwd=repo) for s in ("Queued", "Running")):
+        time.sleep(2)
+    status = sh("dvc", "queue", "status", cwd=repo)
+    assert status.count("Success") == 2, status
+    names = {line.split()[1] for line in status.splitlines()[1:] if "Success" in line}
+    runs = mlflow_runs(repo)
+    by_exp = {r.data.tags.get("dvc_exp_name"): r for r in runs if r.data.tags.get("dvc_stage") == "train"}
+    assert names <= set(by_exp), (names, by_exp.keys())
+    for name in names:
+        r = by_exp[name]
+        assert r.info.run_name == f"{name}:seed_mnist_cnn-synthetic" and r.data.tags["dvc_baseline_rev"]
+        assert "test/accuracy" in r.data.metrics  # evaluation is attached to the training run it evaluates
+    assert not (repo / "mlruns").exists() and not list((repo / ".dvc/tmp").rglob("mlflow.db"))
+    sweep = [r for r in runs if r.data.tags.get("sweep_id")]
+    assert len(sweep) == 3  # the parent and its two jobs, tagged with the sweep
+
+    # a workspace experiment too; the user's runs are untouched throughout
+    sh("dvc", "exp", "run", *[a for o in TINY for a in ("-S", o)], "-S", "train.batch_size=32", cwd=repo)
+    assert snapshot(repo / "runs") == before

@@ -67,15 +67,15 @@ def test_freeze_bn_keeps_backbone_statistics():
 def test_train_evaluate_predict_with_pretrained(cfg, workdir, mode):
     prepare.run(cfg("data=synthetic", "data.num_train=200", "data.num_test=40", "data.val_size=40"))
     args = ["data=synthetic", "model=efficientnet_lite0", "model.net.image_size=32", f"model.net.mode={mode}",
-            "trainer.max_epochs=2", "train.batch_size=32", "tracking.enabled=false", "run_name=t"]
+            "trainer.max_epochs=2", "train.batch_size=32", "tracking.enabled=false", "out_dir=t"]
     best = train.run(cfg(*args))
     assert best > 0.1
     from cnnlab.stages import evaluate
     m = evaluate.run(cfg(*args))
     assert m["num_samples"] == 40
-    out = predict.run(cfg("predict.ckpt=models/t/best.ckpt", f"predict.image={GRACE_HOPPER}", "predict.top_k=3"))
+    out = predict.run(cfg("predict.ckpt=t/model/best.ckpt", f"predict.image={GRACE_HOPPER}", "predict.top_k=3"))
     assert len(out[str(GRACE_HOPPER)]) == 3 and out[str(GRACE_HOPPER)][0]["class"].startswith("class_")
-    hist = (workdir / "reports/t/train/history.csv").read_text().splitlines()
+    hist = (workdir / "t/train/history.csv").read_text().splitlines()
     assert len(hist) == 3
 
 

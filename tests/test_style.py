@@ -68,7 +68,7 @@ def test_style_weights_blend(net, images, cfg, workdir):
     two = run(cfg(*FAST, "style.style=[skimage:gravel,skimage:brick]", "style.style_weights=[2,0]",
                   "style.name=two"))
     assert one["style_loss"] == two["style_loss"]  # a weight of 0 removes brick exactly
-    a, b = (np.asarray(Image.open(workdir / f"reports/style/{n}/result.png")) for n in ("one", "two"))
+    a, b = (np.asarray(Image.open(workdir / f"out/{n}/result.png")) for n in ("one", "two"))
     assert np.array_equal(a, b)
     with pytest.raises(UserError, match="one per style image"):
         run(cfg(*FAST, "style.style=[skimage:gravel,skimage:brick]", "style.style_weights=[1]"))
@@ -76,7 +76,7 @@ def test_style_weights_blend(net, images, cfg, workdir):
 
 def test_stage_files_and_metrics(cfg, workdir):
     m = run(cfg(*FAST, "style.softmax_features=true", "style.content=mpl:grace_hopper"))
-    out = workdir / "reports/style/grace_hopper_immunohistochemistry"
+    out = workdir / "out/grace_hopper_immunohistochemistry"
     assert {p.name for p in out.iterdir()} == {"result.png", "panel.png", "losses.csv", "losses.png",
                                                "metrics.json", "run.json", "config.yaml"}
     assert json.loads((out / "metrics.json").read_text()) == m and m["iterations"] == 4
@@ -151,8 +151,8 @@ def test_size_clamped(cfg, caplog):
 
 def test_cli_two_styles_preserve_color_tracked(cli, workdir):
     cli("style", "style.size=48", "style.iterations=5", "style.style=[skimage:gravel,skimage:brick]",
-        "style.preserve_color=true", "style.name=demo")
-    out = workdir / "reports/style/demo"
+        "style.preserve_color=true", "style.name=demo", "out_dir=out")
+    out = workdir / "out/demo"
     assert json.loads((out / "metrics.json").read_text())["iterations"] == 5
     run_id = json.loads((out / "run.json").read_text())["mlflow_run_id"]
     from mlflow import MlflowClient

@@ -21,7 +21,7 @@ def runs(workdir: Path) -> list:
 
 
 def leaderboard(workdir: Path) -> list[dict]:
-    [board] = workdir.glob("logs/train-multirun/*/leaderboard.csv")
+    [board] = workdir.glob("runs/*/*-train-sweep/leaderboard.csv")
     assert board.with_suffix(".md").is_file()
     with open(board) as f:
         return list(csv.DictReader(f))
@@ -41,7 +41,7 @@ def test_multirun_parent_run_children_and_leaderboard(cli, workdir, synthetic):
     assert float(rows[0]["val/acc"]) >= float(rows[1]["val/acc"])  # best first
     assert len({r["run"] for r in rows}) == 2  # every job its own output dirs
     for r in rows:
-        assert (workdir / "models" / r["run"] / "best.ckpt").is_file()
+        assert (workdir / r["run"] / "model/best.ckpt").is_file()  # every job its own folder in the sweep's
     all_runs = runs(workdir)
     [parent] = [r for r in all_runs if r.info.run_name.startswith("sweep-")]
     children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
@@ -62,7 +62,7 @@ def test_joblib_four_parallel_jobs_all_recorded_in_sqlite(cli, workdir, syntheti
 def test_optuna_search_optimises_the_returned_metric(cli, workdir, synthetic):
     cli("train", *SWEEP, "hparams_search=optuna", "hydra.sweeper.n_trials=2")
     assert len(leaderboard(workdir)) == 2
-    [results] = workdir.glob("logs/train-multirun/*/optimization_results.yaml")
+    [results] = workdir.glob("runs/*/*-train-sweep/optimization_results.yaml")
     assert "best_value" in results.read_text()
 
 

@@ -49,7 +49,7 @@ def mlflow_server(tmp_path):
 @pytest.mark.slow
 def test_train_and_evaluate_against_real_server(cli, cfg, workdir, mlflow_server):
     prepare.run(cfg("data=synthetic"))
-    args = ["data=synthetic", "trainer.max_epochs=2", f"tracking.uri={mlflow_server}"]
+    args = ["data=synthetic", "trainer.max_epochs=2", f"tracking.uri={mlflow_server}", "out_dir=out"]
     cli("train", *args)
     cli("evaluate", *args)
     assert not (workdir / "mlflow.db").exists()  # nothing went to the local store
@@ -66,11 +66,11 @@ def test_train_and_evaluate_against_real_server(cli, cfg, workdir, mlflow_server
 def test_unreachable_server_still_completes_with_warning(cli, cfg, workdir):
     prepare.run(cfg("data=synthetic"))
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    args = ["data=synthetic", "trainer.max_epochs=1", f"tracking.uri={dead}"]
+    args = ["data=synthetic", "trainer.max_epochs=1", f"tracking.uri={dead}", "out_dir=out"]
     p = cli("train", *args)
     assert "unreachable" in p.stderr + p.stdout and "not tracked" in p.stderr + p.stdout
     p = cli("evaluate", *args)
     assert "not logged" in p.stderr + p.stdout
-    rep = workdir / "reports/seed_mnist_cnn-synthetic"
+    rep = workdir / "out"
     assert json.loads((rep / "eval/metrics.json").read_text())["num_samples"] == 200
     assert (rep / "train/history.csv").is_file()

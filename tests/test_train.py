@@ -40,8 +40,10 @@ def synthetic(cfg):
 
 def test_train_then_evaluate_cli_one_mlflow_run(cli, workdir, synthetic):
     cli("train", *TINY, "trainer.max_time={minutes:10}")  # a dict value reaches Lightning as a dict
-    cli("evaluate", "data=synthetic")
-    model_dir, rep = workdir / "models/seed_mnist_cnn-synthetic", workdir / "reports/seed_mnist_cnn-synthetic"
+    [rep] = workdir.glob("runs/*/*-train")  # a folder of its own, under runs/
+    cli("evaluate", "data=synthetic", f"out_dir={rep.relative_to(workdir)}")
+    model_dir = rep / "model"
+    assert not (rep / ".partial").exists()
     for f in ("best.ckpt", "last.ckpt", "run.json", "config.yaml"):
         assert (model_dir / f).is_file(), f
     for f in ("train/metrics.json", "train/history.csv", "eval/metrics.json", "eval/confusion.json",
@@ -59,7 +61,8 @@ def test_train_then_evaluate_cli_one_mlflow_run(cli, workdir, synthetic):
     assert r.info.run_id == json.loads((model_dir / "run.json").read_text())["mlflow_run_id"]
     assert r.data.params["model.name"] == "seed_mnist_cnn" and r.data.params["optimizer.lr"] == "0.001"
     assert r.data.tags["dataset"] == "synthetic" and r.data.tags["model"] == "seed_mnist_cnn"
-    assert {"git_sha", "git_dirty", "data_hash"} <= set(r.data.tags)
+    assert {"git_sha", "git_dirty", "data_hash", "out_dir"} <= set(r.data.tags)
+    assert r.data.tags["out_dir"] == str(rep.resolve())
     assert r.data.metrics["test/accuracy"] == pytest.approx(m["accuracy"])
     client = MlflowClient(f"sqlite:///{(workdir / 'mlflow.db').resolve()}")
     assert len(client.get_metric_history(r.info.run_id, "val/acc")) == 2
@@ -73,46 +76,54 @@ def test_train_then_evaluate_cli_one_mlflow_run(cli, workdir, synthetic):
     assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
 
 
-def test_nonfinite_loss_is_a_clear_error_and_keeps_checkpoint(cfg, workdir, synthetic):
-    train.run(cfg(*TINY, "trainer.max_epochs=1", "tracking.enabled=false"))
-    last = workdir / "models/seed_mnist_cnn-synthetic/last.ckpt"
-    before = last.read_bytes()
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """A run's files; .partial/ is where a new run trains until it succeeds (kept to resume it)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and ".partial" not in p.parts}
+
+
+def test_failed_run_leaves_the_run_it_would_replace_byte_identical(cfg, workdir, synthetic):
+    train.run(cfg(*TINY, "trainer.max_epochs=1", "tracking.enabled=false", "out_dir=r"))
+    before = snapshot(workdir / "r")
     with pytest.raises(UserError, match=r"non-finite training loss .* lower optimizer.lr"):
-        train.run(cfg(*TINY, "optimizer=sgd", "optimizer.lr=1e38", "tracking.enabled=false"))
-    assert last.read_bytes() == before
+        train.run(cfg(*TINY, "optimizer=sgd", "optimizer.lr=1e38", "tracking.enabled=false", "out_dir=r"))
+    assert snapshot(workdir / "r") == before
+    with pytest.raises(UserError, match="resume=true: model differs"):  # a resume that would mix two models
+        train.run(cfg(*TINY, "model=seed_mlp", "resume=true", "tracking.enabled=false", "out_dir=r"))
+    assert snapshot(workdir / "r") == before
 
 
 def test_resume_without_checkpoint(cfg, synthetic):
-    with pytest.raises(UserError, match="resume=true but there is no models/seed_mnist_cnn-synthetic/last.ckpt"):
-        train.run(cfg(*TINY, "resume=true", "tracking.enabled=false"))
+    with pytest.raises(UserError, match="resume=true but there is no r/model/last.ckpt: pass out_dir="):
+        train.run(cfg(*TINY, "resume=true", "tracking.enabled=false", "out_dir=r"))
 
 
 def test_evaluate_errors(cfg, workdir, synthetic):
-    with pytest.raises(UserError, match="no checkpoint models/seed_mnist_cnn-synthetic/best.ckpt"):
-        evaluate.run(cfg("data=synthetic", "tracking.enabled=false"))
-    train.run(cfg(*TINY, "trainer.max_epochs=1", "tracking.enabled=false"))
+    with pytest.raises(UserError, match="nothing to evaluate in r: pass out_dir=<a run folder> or evaluate.ckpt="):
+        evaluate.run(cfg("data=synthetic", "tracking.enabled=false", "out_dir=r"))
+    train.run(cfg(*TINY, "trainer.max_epochs=1", "tracking.enabled=false", "out_dir=r"))
     prepare.run(cfg("data=synthetic", "data.name=rgb", "data.channels=3", "data.image_size=32"))
     with pytest.raises(UserError, match=r"built for 1×28×28 inputs, data has 3×32×32"):
-        evaluate.run(cfg("data=synthetic", "data.name=rgb", "tracking.enabled=false",
-                         "evaluate.ckpt=models/seed_mnist_cnn-synthetic/best.ckpt"))
+        evaluate.run(cfg("data=synthetic", "data.name=rgb", "tracking.enabled=false", "out_dir=e",
+                         "evaluate.ckpt=r/model/best.ckpt"))
 
 
 def test_training_is_reproducible_and_learns(cfg, workdir, synthetic):
     kw = ("tracking.enabled=false", "deterministic=true", "trainer.max_epochs=3")
-    a = train.run(cfg(*TINY, *kw, "run_name=a"))
-    b = train.run(cfg(*TINY, *kw, "run_name=b"))
+    a = train.run(cfg(*TINY, *kw, "out_dir=a"))
+    b = train.run(cfg(*TINY, *kw, "out_dir=b"))
     assert a == b and a > 0.5  # chance is 0.1
-    assert history(workdir / "reports/a/train/history.csv") == history(workdir / "reports/b/train/history.csv")
+    assert history(workdir / "a/train/history.csv") == history(workdir / "b/train/history.csv")
 
 
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(cli, workdir, synthetic):
     args = [*TINY, "trainer.max_epochs=6", "deterministic=true", "train.augment.flip=true",
             "train.augment.crop_padding=2", "scheduler=onecycle"]
-    cli("train", *args, "run_name=straight")
-    p = subprocess.Popen([CNNLAB, "train", *args, "run_name=killed"], stdout=subprocess.DEVNULL,
+    cli("train", *args, "out_dir=straight")
+    p = subprocess.Popen([CNNLAB, "train", *args, "out_dir=killed"], stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
-    hist = workdir / "reports/killed/train/history.csv"
+    hist = workdir / "killed/.partial/train/history.csv"  # an unfinished run trains beside the folder
     deadline = time.time() + 120
     while time.time() < deadline and p.poll() is None:
         if hist.is_file() and len(hist.read_text().splitlines()) >= 3:  # 2 epochs checkpointed
@@ -123,11 +134,11 @@ def test_sigkill_then_resume_equals_uninterrupted(cli, workdir, synthetic):
     p.wait()
     done = len(hist.read_text().splitlines()) - 1
     assert done < 6
-    cli("train", *args, "run_name=killed", "resume=true")
-    assert history(hist) == history(workdir / "reports/straight/train/history.csv")
+    cli("train", *args, "out_dir=killed", "resume=true")
+    assert history(workdir / "killed/train/history.csv") == history(workdir / "straight/train/history.csv")
     runs = mlflow_runs(workdir / "mlflow.db")
     assert len(runs) == 2  # the resumed training continued its own run
-    killed = json.loads((workdir / "models/killed/run.json").read_text())["mlflow_run_id"]
+    killed = json.loads((workdir / "killed/model/run.json").read_text())["mlflow_run_id"]
     client = MlflowClient(f"sqlite:///{(workdir / 'mlflow.db').resolve()}")
     assert len({m.step for m in client.get_metric_history(killed, "val/acc")}) == 6  # every epoch, one run
 
@@ -135,11 +146,12 @@ def test_sigkill_then_resume_equals_uninterrupted(cli, workdir, synthetic):
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_one_run_same_accuracy(cli, workdir, synthetic):
     common = [*TINY, "trainer.max_epochs=4", "train.batch_size=32", "deterministic=true"]
-    out = cli("train", *common, "trainer=ddp_cpu", "run_name=ddp")
+    out = cli("train", *common, "trainer=ddp_cpu")  # every rank must find the folder rank 0 made
     assert "Starting with 2 processes" in out.stdout + out.stderr
-    cli("train", *common, "run_name=single")
-    ddp = json.loads((workdir / "reports/ddp/train/metrics.json").read_text())
-    single = json.loads((workdir / "reports/single/train/metrics.json").read_text())
+    [ddp_dir] = workdir.glob("runs/*/*-train")
+    cli("train", *common, "out_dir=single")
+    ddp = json.loads((ddp_dir / "train/metrics.json").read_text())
+    single = json.loads((workdir / "single/train/metrics.json").read_text())
     assert ddp["world_size"] == 2 and single["world_size"] == 1
     assert ddp["global_steps"] == single["global_steps"]  # equal global batch → equal steps
     assert abs(ddp["best_val/acc"] - single["best_val/acc"]) <= 0.1  # 100 val images: within noise

@@ -34,22 +34,22 @@ def ckpts(tmp_path_factory, one_thread):
     """(overrides, {seed, lite0: checkpoint}): a seed CNN and a TransferNet (Lite0 at 32 px) barely trained on
     synthetic 1×28×28 data; what they learned does not matter here, only that they load and explain."""
     d = tmp_path_factory.mktemp("vis")
-    paths = [f"paths.{k}={d / k}" for k in ("prepared_dir", "models_dir", "reports_dir")]
+    paths = [f"paths.prepared_dir={d / 'prepared'}"]
     prepare.run(compose(["data=synthetic", *paths]))
-    train.run(compose([*TINY, *paths, "run_name=seed"]))
-    train.run(compose([*TINY, *paths, "run_name=lite0", "model=efficientnet_lite0", "model.net.image_size=32",
+    train.run(compose([*TINY, *paths, f"out_dir={d / 'seed'}"]))
+    train.run(compose([*TINY, *paths, f"out_dir={d / 'lite0'}", "model=efficientnet_lite0", "model.net.image_size=32",
                        "train.batch_size=16"]))
-    return ["data=synthetic", *paths], {n: d / "models_dir" / n / "last.ckpt" for n in ("seed", "lite0")}
+    return ["data=synthetic", *paths], {n: d / n / "model/last.ckpt" for n in ("seed", "lite0")}
 
 
 def test_kernels_on_default_and_greyscale_images(cfg, workdir):
     out = visualize.run(cfg("visualize.what=kernels", "visualize.image_size=48",
                             "visualize.kernels={emboss:[[-2,-1,0],[-1,1,1],[0,1,2]]}"))
-    assert out["files"] == ["reports/visualize/kernels/grace_hopper.png"]
+    assert out["files"] == ["out/kernels/grace_hopper.png"]
     Image.fromarray((torch.arange(40 * 30) % 256).to(torch.uint8).view(30, 40).numpy()).save("grey.png")
     visualize.run(cfg("visualize.what=kernels", "visualize.image=grey.png"))
     for f in ("kernels/grace_hopper.png", "kernels/grey.png"):
-        assert Image.open(workdir / "reports/visualize" / f).format == "PNG"
+        assert Image.open(workdir / "out" / f).format == "PNG"
     step = torch.zeros(1, 8, 8, dtype=torch.uint8)
     step[:, :, 4:] = 200
     sx = filter_image(step, KERNELS["sobel x"])[0]
@@ -86,7 +86,7 @@ def test_every_what_on_a_checkpoint(cfg, workdir, ckpts, model):
     name = f"{model}-last"
     for f in (f"filters/{name}.png", f"feature_maps/{name}_synthetic-test.png", f"gradcam/{name}_one.png",
               f"gradcam/{name}_synthetic-test.png", f"saliency/{name}_synthetic-test.png"):
-        assert (workdir / paths[3].split("=")[1] / "visualize" / f).stat().st_size > 5000, f
+        assert (workdir / "out" / f).stat().st_size > 5000, f
 
 
 def test_layer_names_offered_and_checked(cfg, ckpts):
@@ -110,7 +110,7 @@ def test_layer_names_offered_and_checked(cfg, ckpts):
 def test_imagenet_backbone_without_checkpoint(cfg, workdir):
     out = visualize.run(cfg("visualize.what=gradcam", "visualize.target_class=Windsor tie"))
     assert out["pred"] == ["military uniform"] and out["files"] == [
-        "reports/visualize/gradcam/efficientnet_lite0_grace_hopper.png"]
+        "out/gradcam/efficientnet_lite0_grace_hopper.png"]
 
 
 def test_bad_input_is_one_clear_error(cfg, workdir, ckpts, cli):

@@ -29,7 +29,25 @@ def compose(overrides: list[str] | None = None, config_name: str = "config",
 
 
 # Config groups a named run replaces whole (merging two different models' `net` nodes would mix their options).
-GROUPS = ("data", "model", "optimizer", "scheduler")
+GROUPS = ("data", "model", "optimizer", "scheduler", "train", "trainer")
+
+
+def for_run(name: str, run_keys: list[str], overrides: list[str]) -> list[str]:
+    """Overrides meant for the run `runs.<name>` (`--run NAME`): those of a section the run sets go to the run's
+    own copy (`trainer.max_epochs=1` → `runs.NAME.trainer.max_epochs=1`, `model=timm` → `model@runs.NAME.model=timm`);
+    the others, e.g. `data=...`, stay at the root, which the run inherits."""
+    out = []
+    for o in overrides:
+        key, eq, value = o.partition("=")
+        bare = key.lstrip("~+")
+        prefix = key[: len(key) - len(bare)]
+        if not eq or bare.split(".")[0] not in run_keys:
+            out.append(o)
+        elif "." not in bare and bare in GROUPS:  # a config group choice, relocated to the run's package
+            out.append(f"{prefix}{bare}@runs.{name}.{bare}={value}")
+        else:
+            out.append(f"{prefix}runs.{name}.{bare}={value}")
+    return out
 
 
 def select_run(cfg: DictConfig, name: str) -> DictConfig:
@@ -50,8 +68,9 @@ def select_run(cfg: DictConfig, name: str) -> DictConfig:
     return out
 
 
-def load_params(path: str | Path, overrides: list[str]) -> DictConfig:
-    """A composed config file (params.yaml, which DVC writes from conf/) plus `key=value` overrides."""
+def load_params(path: str | Path, overrides: list[str], run: str | None = None) -> DictConfig:
+    """A composed config file (params.yaml, which DVC writes from conf/) plus `key=value` overrides (of the run
+    `runs.<run>` where they name a section it sets)."""
     from omegaconf import OmegaConf
 
     from cnnlab.errors import UserError
@@ -59,6 +78,8 @@ def load_params(path: str | Path, overrides: list[str]) -> DictConfig:
     if not Path(path).is_file():
         raise UserError(f"params file {path} does not exist (it is composed from conf/: see README)")
     cfg = OmegaConf.load(path)
+    if run is not None and run in (cfg.get("runs") or {}):
+        overrides = for_run(run, list(cfg.runs[run]), overrides)
     for o in overrides:
         key, eq, _ = o.partition("=")
         if not eq or key.startswith(("~", "hydra.")) or "@" in key:

@@ -94,12 +94,24 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         tmp.chmod(0o777 & ~mask)  # mkdtemp makes 0700 (and some writers 0600): give what open() would
         for f in tmp.rglob("*"):
             f.chmod((0o777 if f.is_dir() else 0o666) & ~mask)
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _swap(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap(new: Path, path: Path) -> None:
+    """Rename the finished folder `new` over `path` (each rename is atomic); the old one is removed after."""
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(new, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def replace_dirs(moves: dict[Path, Path], remove: tuple[Path, ...] | list[Path] = ()) -> None:
+    """Publish finished folders: each `new` replaces its destination whole; then the folders in `remove` go."""
+    for new, path in moves.items():
+        if new.exists():
+            _swap(new, path)
+    for p in remove:
+        shutil.rmtree(p, ignore_errors=True)

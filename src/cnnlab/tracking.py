@@ -1,5 +1,7 @@
-"""MLflow, in one place. Only global rank 0 talks to MLflow; a store that cannot be reached never stops a run:
-a warning says what was not logged, and the local files under paths.* keep everything."""
+"""MLflow, in one place (the Lightning logger is in cnnlab.tasks.logger). Only global rank 0 talks to MLflow; a
+store that cannot be reached never stops a run: a warning says what was not logged, and the local files keep
+everything. Every run of the project lands in one store, tagged with what identifies it (git, DVC experiment,
+sweep, data hash)."""
 
 from __future__ import annotations
 
@@ -12,20 +14,20 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import MLFlowLogger
+
+from cnnlab.paths import anchored, sweep_dir
 
 log = logging.getLogger(__name__)
 
-# MLflow's HTTP defaults (7 retries with exponential backoff, 120 s timeout) would stall a run for minutes
-# when the server goes away; keep it bounded unless the user set these themselves.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+# DVC's environment for the commands of its stages: which experiment and baseline a run belongs to.
+DVC_TAGS = {"dvc_exp_name": "DVC_EXP_NAME", "dvc_baseline_rev": "DVC_EXP_BASELINE_REV", "dvc_stage": "DVC_STAGE"}
 
 
 def tracking_uri(cfg: DictConfig) -> str:
-    """cfg.tracking.uri, else a SQLite store at an absolute path (MLflow ≥3.13 refuses the ./mlruns file store)."""
+    """cfg.tracking.uri, else a SQLite store at an absolute path at the project root (MLflow ≥3.13 refuses the
+    ./mlruns file store; a path relative to a DVC temporary workspace would be deleted with it)."""
     # timeout: parallel sweep jobs share the SQLite file; wait for its lock instead of failing "database is locked"
-    return cfg.tracking.uri or f"sqlite:///{Path(cfg.paths.mlflow_db).resolve()}?timeout=60"
+    return cfg.tracking.uri or f"sqlite:///{anchored(cfg.paths.mlflow_db)}?timeout=60"
 
 
 def unreachable(uri: str, timeout: float = 3.0) -> str | None:
@@ -50,6 +52,22 @@ def git_state() -> dict[str, str]:
         return {"git_sha": "unknown", "git_dirty": "unknown"}
 
 
+def run_tags(cfg: DictConfig) -> dict[str, str]:
+    """What identifies a run: git SHA and dirty flag, DVC experiment and baseline (when DVC runs it), sweep,
+    the folder with its local files."""
+    tags = {**git_state(), **{k: os.environ[v] for k, v in DVC_TAGS.items() if os.environ.get(v)}}
+    if (d := sweep_dir()) is not None:
+        tags["sweep_id"] = d.name
+    if cfg.get("out_dir"):
+        tags["out_dir"] = str(Path(cfg.out_dir).resolve())
+    return tags
+
+
+def run_name(name: str) -> str:
+    """MLflow run names tell DVC experiments apart: `<experiment>:<name>` inside `dvc exp run`."""
+    return f"{os.environ['DVC_EXP_NAME']}:{name}" if os.environ.get("DVC_EXP_NAME") else name
+
+
 def flatten(cfg: DictConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
 
@@ -64,41 +82,14 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
-class SafeMLFlowLogger(MLFlowLogger):
-    """Lightning's MLflow logger that warns once and stops logging if the store fails mid-run."""
-
-    failed: str | None = None
-
-    def _guard(self, what: str, fn, *args, **kwargs) -> None:
-        if self.failed:
-            return
-        try:
-            fn(*args, **kwargs)
-        except Exception as e:  # MlflowException, requests/urllib errors, sqlite errors: the run goes on
-            self.failed = f"{type(e).__name__}: {e}"
-            log.warning("MLflow: %s not logged, and nothing more will be (%s); local files are complete",
-                        what, self.failed)
-
-    def log_metrics(self, metrics, step=None) -> None:
-        self._guard("metrics", super().log_metrics, metrics, step)
-
-    def log_hyperparams(self, params) -> None:
-        self._guard("params", super().log_hyperparams, params)
-
-    def log_artifact(self, path: str | Path, subdir: str | None = None) -> None:
-        self._guard(f"artifact {path}", lambda: self.experiment.log_artifact(self.run_id, str(path), subdir))
-
-    def set_tags(self, tags: dict[str, str]) -> None:
-        self._guard("tags", lambda: [self.experiment.set_tag(self.run_id, k, v) for k, v in tags.items()])
-
-    def finalize(self, status: str = "success") -> None:
-        self._guard("run status", super().finalize, status)
-
-
 def usable_uri(cfg: DictConfig) -> str | None:
     """The tracking URI when tracking is on and the store answers; None (with a warning) otherwise."""
     if not cfg.tracking.enabled:
         return None
+    # MLflow's HTTP defaults (7 retries with exponential backoff, 120 s timeout) would stall a run for minutes
+    # when the server goes away; keep it bounded unless the user set these themselves.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
     uri = tracking_uri(cfg)
     if why := unreachable(uri):
         log.warning("MLflow server %s unreachable (%s): this run is not tracked; local files are complete", uri, why)
@@ -108,37 +99,25 @@ def usable_uri(cfg: DictConfig) -> str | None:
 
 def _artifact_location(cfg: DictConfig, uri: str) -> str | None:
     local = not uri.startswith(("http://", "https://"))  # a server decides where its artifacts go
-    return Path(cfg.paths.mlflow_artifacts).resolve().as_uri() if local else None
+    return anchored(cfg.paths.mlflow_artifacts).as_uri() if local else None
 
 
-def make_logger(cfg: DictConfig, run_name: str, run_id: str | None = None,
-                parent_run_id: str | None = None) -> SafeMLFlowLogger | None:
-    """The Lightning logger for a training run (its MLflow run is created lazily, on rank 0 only)."""
-    if (uri := usable_uri(cfg)) is None:
-        return None
-    return SafeMLFlowLogger(
-        experiment_name=cfg.tracking.experiment, run_name=run_name, tracking_uri=uri, run_id=run_id,
-        tags={"dataset": cfg.data.name, "model": cfg.model.name, "recipe": cfg.get("recipe") or "default",
-              **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})},
-        artifact_location=_artifact_location(cfg, uri))
+def experiment_id(cfg: DictConfig, uri: str) -> str:
+    """The project's MLflow experiment, created on first use. A new SQLite store also makes an empty "Default"
+    experiment pointing at ./mlruns, which nothing of cnnlab uses: it is deleted so no run can land there."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    if exp := client.get_experiment_by_name(cfg.tracking.experiment):
+        return exp.experiment_id
+    exp_id = client.create_experiment(cfg.tracking.experiment, artifact_location=_artifact_location(cfg, uri))
+    default = client.get_experiment("0")
+    if default.name == "Default" and default.lifecycle_stage == "active" and not client.search_runs(["0"], max_results=1):
+        client.delete_experiment("0")
+    return exp_id
 
 
-def log_model(logger: SafeMLFlowLogger, net, example) -> None:
-    """`mlflow.pytorch.log_model` into the training run, with an input example (so a signature)."""
-    import mlflow
-    import torch
-
-    def _log() -> None:
-        mlflow.set_tracking_uri(logger._tracking_uri)
-        with mlflow.start_run(run_id=logger.run_id):
-            # explicit requirements: MLflow's inference would import-trace the model in a subprocess (slow)
-            mlflow.pytorch.log_model(net, name="model", input_example=example,
-                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
-
-    logger._guard("model", _log)
-
-
-def new_run(cfg: DictConfig, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str | None:
+def new_run(cfg: DictConfig, name: str, params: dict[str, Any], tags: dict[str, str]) -> str | None:
     """Create a finished-later MLflow run for a non-Lightning stage (e.g. style); None when untracked.
     Call only on rank 0. Add results with `log_run_files`."""
     if (uri := usable_uri(cfg)) is None:
@@ -148,10 +127,7 @@ def new_run(cfg: DictConfig, run_name: str, params: dict[str, Any], tags: dict[s
 
     try:
         client = MlflowClient(uri)
-        exp = client.get_experiment_by_name(cfg.tracking.experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(
-            cfg.tracking.experiment, artifact_location=_artifact_location(cfg, uri))
-        run = client.create_run(exp_id, run_name=run_name, tags={**tags, **git_state()})
+        run = client.create_run(experiment_id(cfg, uri), run_name=run_name(name), tags={**tags, **run_tags(cfg)})
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             client.log_batch(run.info.run_id, params=items[i:i + 100])
@@ -189,3 +165,20 @@ def log_run_files(cfg: DictConfig, run_id: str | None, files: dict[str, list[Pat
             client.set_terminated(run_id)
     except Exception as e:  # as in SafeMLFlowLogger: never lose the run's local results over tracking
         log.warning("MLflow: evaluation results not logged (%s: %s); see local files", type(e).__name__, e)
+
+
+def training_runs(cfg: DictConfig, limit: int = 1000) -> list:
+    """The project's training runs in MLflow (they carry a data hash), newest first; [] when there is no store."""
+    if (uri := usable_uri(cfg)) is None:
+        return []
+    from mlflow import MlflowClient
+
+    try:
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(cfg.tracking.experiment)
+        runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"],
+                                  max_results=limit) if exp else []
+    except Exception as e:  # the report still shows the pipeline's own files
+        log.warning("MLflow: runs not read (%s: %s)", type(e).__name__, e)
+        return []
+    return [r for r in runs if "data_hash" in r.data.tags]

@@ -1,5 +1,6 @@
-"""Stage `evaluate`: a checkpoint + the prepared test split → reports/<run>/eval/ (metrics.json, confusion.json
-for `dvc plots`, figures/), logged into the training's MLflow run."""
+"""Stage `evaluate`: a checkpoint (out_dir/model/best.ckpt, or evaluate.ckpt) + the prepared test split →
+out_dir/eval/ (metrics.json, confusion.json for `dvc plots`, figures/), written whole or not at all, and logged
+into the MLflow run that trained the checkpoint."""
 
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ from cnnlab.errors import UserError
 from cnnlab.evaluation import (classification_metrics, confident_mistakes_png, confusion_matrix,
                                confusion_matrix_png, prediction_grid_png, prediction_records,
                                training_curves_png)
-from cnnlab.io import write_json
+from cnnlab.io import atomic_dir, write_json
 from cnnlab.models import check_input_shape
-from cnnlab.stages.train import run_dirs
+from cnnlab.paths import data_dir, latest_run, run_dir
 from cnnlab.tasks.classifier import Classifier
 
 log = logging.getLogger(__name__)
@@ -51,22 +52,42 @@ def predict_logits(model: Classifier, images: torch.Tensor, batch_size: int, tta
 
 def run(cfg: DictConfig) -> dict:
     e = cfg.evaluate
-    model_dir, report_dir = run_dirs(cfg)
-    out = report_dir / "eval"
+    run = run_dir(cfg)
+    ckpt = Path(e.ckpt) if e.ckpt else run.best
+    if not e.ckpt and not ckpt.is_file():
+        hint = latest_run(cfg, "best.ckpt")
+        raise UserError(f"nothing to evaluate in {run.root}: pass out_dir=<a run folder>"
+                        + (f" (the latest is {hint})" if hint else "") + " or evaluate.ckpt=<checkpoint>")
     device = device_for(e.device)
-    model = load_classifier(e.ckpt or model_dir / "best.ckpt", device)
-    data_dir = Path(cfg.paths.prepared_dir) / cfg.data.name
-    manifest = load_manifest(data_dir)
+    model = load_classifier(ckpt, device)
+    data = data_dir(cfg)
+    manifest = load_manifest(data)
     check_input_shape(tuple(model.hparams.in_shape), tuple(manifest["image_shape"]))
     if list(model.hparams.class_names) != manifest["classes"]:
-        raise UserError(f"checkpoint classes {list(model.hparams.class_names)[:5]}... differ from {data_dir}'s "
+        raise UserError(f"checkpoint classes {list(model.hparams.class_names)[:5]}... differ from {data}'s "
                         f"{manifest['classes'][:5]}...; evaluate on the data the model was trained for")
-    test = load_split(data_dir, "test")
+    test = load_split(data, "test")
     logits = predict_logits(model, test.images, e.batch_size, tta=e.get("tta", False))
     names = manifest["classes"]
     metrics = classification_metrics(logits, test.labels, names)
-    probs, preds = logits.softmax(1), logits.argmax(1)
 
+    with atomic_dir(run.eval) as out:  # a failure on the way leaves the previous evaluation whole
+        _write(cfg, out, model, test, logits, names, metrics, run.train / "history.csv")
+    # the MLflow run that trained this checkpoint (its run.json lies beside it), if it was tracked
+    run_json = ckpt.parent / "run.json"
+    run_id = json.loads(run_json.read_text()).get("mlflow_run_id") if run_json.is_file() else None
+    scalars = {f"test/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
+    tracking.log_run_files(cfg, run_id, {"eval": [run.eval / "metrics.json", run.eval / "confusion.json"],
+                                         "eval/figures": sorted((run.eval / "figures").glob("*.png"))}, scalars)
+    log.info("test accuracy %.4f on %d images (data %s) → %s", metrics["accuracy"], metrics["num_samples"],
+             manifest_hash(data), run.eval)
+    return metrics
+
+
+def _write(cfg: DictConfig, out: Path, model: Classifier, test, logits: torch.Tensor, names: list[str],
+           metrics: dict, history_csv: Path) -> None:
+    e = cfg.evaluate
+    probs, preds = logits.softmax(1), logits.argmax(1)
     write_json(out / "metrics.json", metrics)
     write_json(out / "confusion.json", prediction_records(preds, test.labels, names))
     figs = out / "figures"
@@ -79,17 +100,7 @@ def run(cfg: DictConfig) -> dict:
         from cnnlab.visualize import gradcam_grid_png
 
         gradcam_grid_png(model, test.images[pick], test.labels[pick], names, figs / "gradcam.png", n=e.gradcam)
-    history_csv = report_dir / "train/history.csv"
     if history_csv.is_file():
         with open(history_csv) as f:
             rows = [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()} for r in csv.DictReader(f)]
         training_curves_png(rows, figs / "curves.png")
-
-    run_json = model_dir / "run.json"
-    run_id = json.loads(run_json.read_text()).get("mlflow_run_id") if run_json.is_file() and not e.ckpt else None
-    scalars = {f"test/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
-    tracking.log_run_files(cfg, run_id, {"eval": [out / "metrics.json", out / "confusion.json"],
-                                         "eval/figures": sorted(figs.glob("*.png"))}, scalars)
-    log.info("test accuracy %.4f on %d images (data %s) → %s", metrics["accuracy"], metrics["num_samples"],
-             manifest_hash(data_dir), out)
-    return metrics

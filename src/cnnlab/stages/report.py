@@ -1,6 +1,8 @@
-"""Stage `report`: one self-contained reports/index.html (images inlined) over every run of the pipeline —
-test metrics, curves, confusion matrix, predictions — plus style transfer and the latest sweep leaderboard,
-with the provenance of every number (git SHA, resolved config, data hash, MLflow run id)."""
+"""Stage `report`: one self-contained out_dir/index.html (images inlined) over every run of the pipeline — test
+metrics, curves, confusion matrix, predictions — and its style transfer, with the provenance of every number
+(git SHA, resolved config, data hash, MLflow run id). With report.history (not in the DVC stage, whose inputs
+they are not) also every training run recorded in MLflow — DVC experiments, sweeps, runs by hand — in one
+table with what differs between them, and every sweep's leaderboard."""
 
 from __future__ import annotations
 
@@ -13,8 +15,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from cnnlab import tracking
 from cnnlab.config import select_run
 from cnnlab.io import write_text
+from cnnlab.paths import RunDir, out_dir
 
 log = logging.getLogger(__name__)
 
@@ -49,21 +53,20 @@ def _table(rows: list[dict]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _run_section(cfg: DictConfig) -> tuple[str, dict]:
-    name = cfg.run_name
-    rep, mod = Path(cfg.paths.reports_dir) / name, Path(cfg.paths.models_dir) / name
-    ev, tr, prov = _json(rep / "eval/metrics.json"), _json(rep / "train/metrics.json"), _json(mod / "run.json")
-    summary = {"run": name, "model": cfg.model.name, "test accuracy": ev.get("accuracy"),
+def _run_section(key: str, cfg: DictConfig) -> tuple[str, dict]:
+    run = RunDir(Path(cfg.pipeline[key]))
+    ev, tr, prov = _json(run.eval / "metrics.json"), _json(run.train / "metrics.json"), _json(run.run_json)
+    summary = {"run": key, "model": cfg.model.name, "test accuracy": ev.get("accuracy"),
                "macro F1": ev.get("macro_f1"), "ECE": ev.get("ece"), "test loss": ev.get("loss"),
                "epochs": tr.get("epochs"), "train time (s)": tr.get("time_s")}
     if not ev:
-        return f"<h2>{html.escape(name)}</h2><p class=muted>not evaluated yet</p>", summary
+        return f"<h2>{html.escape(key)}</h2><p class=muted>not evaluated yet</p>", summary
     per_class = [{"class": k, "accuracy": v} for k, v in ev.get("per_class_accuracy", {}).items()]
-    figs = rep / "eval/figures"
-    config = (mod / "config.yaml").read_text() if (mod / "config.yaml").is_file() else ""
+    figs = run.eval / "figures"
+    config = run.config.read_text() if run.config.is_file() else ""
     parts = [
-        f"<h2>{html.escape(name)}</h2>",
-        f"<p class=prov>git {html.escape(prov.get('git_sha', '?')[:12])}"
+        f"<h2>{html.escape(key)}: {html.escape(cfg.model.name)}</h2>",
+        f"<p class=prov>{html.escape(str(run.root))} · git {html.escape(prov.get('git_sha', '?')[:12])}"
         f"{' (dirty)' if prov.get('git_dirty') == 'True' else ''} · data {html.escape(prov.get('data_hash', '?'))}"
         f" · MLflow run {html.escape(str(prov.get('mlflow_run_id', 'not tracked')))}</p>",
         _table([{k: v for k, v in ev.items() if not isinstance(v, dict)}]),
@@ -89,27 +92,60 @@ def _style_section(style_dir: Path) -> str:
     return ("<h2>Neural style transfer</h2>" + "\n".join(out)) if out else ""
 
 
-def _sweep_section(log_dir: Path) -> str:
-    boards = sorted(log_dir.glob("**/leaderboard.csv"), key=lambda p: p.stat().st_mtime)
-    if not boards:
+def _sweeps_section(runs_dir: Path) -> str:
+    boards = sorted(runs_dir.glob("**/leaderboard.csv"), key=lambda p: p.stat().st_mtime, reverse=True)
+    out = []
+    for board in boards:
+        with open(board) as f:
+            rows = list(csv.DictReader(f))
+        overrides = " ".join(_json(board.parent / "sweep.json").get("overrides", []))
+        out.append(f"<h3>{html.escape(board.parent.name)}</h3><p class=prov>{html.escape(str(board.parent))}"
+                   f" · {html.escape(overrides)}</p>{_table(rows)}")
+    return ("<h2>Sweeps</h2>" + "\n".join(out)) if out else ""
+
+
+# What tells experiments apart; paths, tracking and the other commands' settings do not change a model.
+COMPARED = ("seed", "model.", "optimizer.", "scheduler.", "train.", "trainer.", "data.", "deterministic")
+
+
+def _experiments_section(cfg: DictConfig) -> str:
+    runs = tracking.training_runs(cfg)
+    if not runs:
         return ""
-    with open(boards[-1]) as f:
-        rows = list(csv.DictReader(f))
-    return f"<h2>Latest sweep</h2><p class=prov>{html.escape(str(boards[-1].parent))}</p>{_table(rows)}"
+    params = [{k: v for k, v in r.data.params.items() if k.startswith(COMPARED)} for r in runs]
+    varying = sorted(k for k in set().union(*params) if len({p.get(k) for p in params}) > 1)
+    rows = []
+    for r, p in zip(runs, params):
+        t, m = r.data.tags, r.data.metrics
+        rows.append({"MLflow run": r.info.run_name, "started": _time(r.info.start_time),
+                     "DVC experiment": t.get("dvc_exp_name", ""), "baseline": t.get("dvc_baseline_rev", "")[:7],
+                     "sweep": t.get("sweep_id", ""),
+                     "git": t.get("git_sha", "")[:7] + ("*" if t.get("git_dirty") == "True" else ""),
+                     "differs": ", ".join(f"{k}={p[k]}" for k in varying if k in p),
+                     "val/acc": m.get("val/acc"), "test/accuracy": m.get("test/accuracy"),
+                     "status": r.info.status.lower(), "run id": r.info.run_id})
+    return (f"<h2>Experiments</h2><p class=prov>every training run in {html.escape(tracking.tracking_uri(cfg))}"
+            f" (newest first; * = uncommitted changes); open one with the MLflow UI</p>{_table(rows)}")
+
+
+def _time(ms: int) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M")
 
 
 def run(cfg: DictConfig) -> dict:
-    configs = [cfg] + [select_run(cfg, name) for name in (cfg.get("runs") or {})]
-    sections, rows = zip(*(_run_section(c) for c in configs))
-    reports = Path(cfg.paths.reports_dir)
+    pipeline = [("scratch", cfg)] + [(name, select_run(cfg, name)) for name in cfg.runs if name in cfg.pipeline]
+    sections, rows = zip(*(_run_section(key, c) for key, c in pipeline))
+    history = (_experiments_section(cfg) + _sweeps_section(Path(cfg.paths.runs_dir))) if cfg.report.history else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>cnnlab report</title><style>{CSS}</style>
 </head><body><h1>cnnlab report</h1><p class=prov>data: {html.escape(cfg.data.name)}</p>
-<h2>Summary</h2>{_table(list(rows))}
+<h2>The pipeline</h2>{_table(list(rows))}
 {''.join(sections)}
-{_style_section(Path(cfg.style.dir))}
-{_sweep_section(Path(cfg.paths.log_dir))}
+{_style_section(Path(cfg.pipeline.style))}
+{history}
 </body></html>"""
-    out = reports / "index.html"
+    out = out_dir(cfg) / "index.html"
     write_text(out, page)
     log.info("report → %s", out.resolve())
     return {"runs": len(rows)}

@@ -1,6 +1,6 @@
 """Stage `style`: neural style transfer (Gatys et al.) of `style.content` in the style of `style.style`.
 
-Outputs, replaced as a whole (atomic directory) in ${style.dir}/<name>/: result.png (full size), panel.png
+Outputs, replaced as a whole (atomic directory) in ${out_dir}/<name>/: result.png (full size), panel.png
 (content | styles | result), losses.csv + losses.png (per evaluation), metrics.json (final losses, time,
 iterations), run.json (input hashes, git, MLflow run id), config.yaml. One MLflow run tagged stage=style.
 """
@@ -12,20 +12,14 @@ import logging
 import os
 import re
 import sys
-from pathlib import Path
-
-# Set before torch loads OpenMP (true under `cnnlab style`; no effect once torch is imported). libgomp's
-# threads spin while waiting for each other: best on free cores, a collapse when the cores are already busy.
-# Per evaluation on this 2-core box: 256 px at load ~3.5, 2129 ms spinning vs 61 ms PASSIVE; 512 px at load
-# ~1.3, 110-118 ms spinning vs 152-164 ms PASSIVE. So PASSIVE only when the load already fills the cores.
-if "OMP_WAIT_POLICY" not in os.environ and os.getloadavg()[0] >= (os.cpu_count() or 1):
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from cnnlab import tracking
 from cnnlab.errors import UserError
 from cnnlab.io import atomic_dir, write_csv, write_json, write_text
+from cnnlab.paths import out_dir
 from cnnlab.style.features import TRUNKS, feature_net
 from cnnlab.style.figures import loss_curves_png, panel_png
 from cnnlab.style.images import image_name, load_image, save_png
@@ -108,11 +102,9 @@ def run(cfg: DictConfig) -> dict:
     with bar or contextlib.nullcontext():
         result = stylise(net, content, styles, weights, settings, device, update)
 
-    from cnnlab import tracking  # not at the top: it imports Lightning (~3 s), which a bad input never needs
-
     name = s.name or f"{image_name(s.content)}_{'+'.join(image_name(x) for x in styles_spec)}"
     name = re.sub(r"[^\w.+=-]", "_", name)
-    out = Path(s.dir) / name
+    out = out_dir(cfg) / name
     h, w = result.image.shape[-2:]
     metrics = {**{f"{k}_loss": v for k, v in result.final.items()}, "time_s": round(result.seconds, 2),
                "iterations": len(result.history), "lbfgs_restarts": result.restarts, "height": h, "width": w,
@@ -140,7 +132,7 @@ def run(cfg: DictConfig) -> dict:
                                       "styles": inputs,
                                       "mlflow_run_id": run_id, "torch_threads": torch.get_num_threads(),
                                       "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
-                                      **tracking.git_state()})
+                                      **tracking.run_tags(cfg)})
         write_text(tmp / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(
             {"seed": cfg.seed, "style": OmegaConf.to_container(s, resolve=True)})))
     files = sorted(out.iterdir())

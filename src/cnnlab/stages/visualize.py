@@ -1,4 +1,4 @@
-"""Stage `visualize`: what a CNN sees (issue 7) → ${paths.reports_dir}/visualize/<what>/<model>_<image>.png.
+"""Stage `visualize`: what a CNN sees → ${out_dir}/<what>/<model>_<image>.png.
 
 The model is a cnnlab checkpoint (`visualize.ckpt`) or, without one, the pretrained ImageNet backbone; the
 images are `visualize.image` (file or folder), else test images of the prepared data (with a checkpoint) or
@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from cnnlab.errors import UserError
+from cnnlab.paths import data_dir, out_dir
 from cnnlab.visualize import explain_png
 from cnnlab.visualize.explain import (Subject, activations, check_layers, class_index, default_feature_layers,
                                       filter_image, first_conv, from_classifier, from_pretrained,
@@ -68,13 +69,13 @@ def _images(cfg: DictConfig, s: Subject) -> tuple[torch.Tensor, torch.Tensor | N
                      v.num_images)
         return torch.stack([read_image(f, s.in_shape[0], s.in_shape[1]) for f in files[: v.num_images]]), None, \
             path.stem
-    data_dir = Path(cfg.paths.prepared_dir) / cfg.data.name
-    manifest = load_manifest(data_dir)
+    data = data_dir(cfg)
+    manifest = load_manifest(data)
     check_input_shape(s.in_shape, manifest["image_shape"])
     if s.class_names != manifest["classes"]:
-        raise UserError(f"checkpoint classes {s.class_names[:5]}... differ from {data_dir}'s "
+        raise UserError(f"checkpoint classes {s.class_names[:5]}... differ from {data}'s "
                         f"{manifest['classes'][:5]}...; pass data=<the data it was trained on> or an image")
-    test = load_split(data_dir, "test")
+    test = load_split(data, "test")
     pick = torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(cfg.seed))[: v.num_images]
     return test.images[pick], test.labels[pick], f"{cfg.data.name}-test"
 
@@ -83,7 +84,7 @@ def run(cfg: DictConfig) -> dict:
     v = cfg.visualize
     if v.what not in WHATS:
         raise UserError(f"unknown visualize.what={v.what!r}; valid: {', '.join(WHATS)}")
-    out = Path(cfg.paths.reports_dir) / "visualize" / v.what
+    out = out_dir(cfg) / v.what
     if v.what == "kernels":
         path = Path(v.image) if v.image else GRACE_HOPPER
         img = read_photo(path, v.image_size)

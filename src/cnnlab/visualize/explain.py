@@ -180,9 +180,9 @@ def class_index(names: list[str], target) -> int:
 
 
 def model_tag(ckpt: str | Path) -> str:
-    """models/<run>/best.ckpt → <run>-best: output names that say which model drew them."""
+    """<run folder>/model/best.ckpt → <run folder>-best: output names that say which model drew them."""
     p = Path(ckpt).resolve()
-    return f"{p.parent.name}-{p.stem}"
+    return f"{(p.parent.parent if p.parent.name == 'model' else p.parent).name}-{p.stem}"
 
 
 _SOBEL = [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]

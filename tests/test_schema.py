@@ -1,0 +1,190 @@
+"""cnnlab.schema: every shipped config choice validates; each bad value is one line naming its key."""
+
+from __future__ import annotations
+
+import typing
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from pydantic import ValidationError
+
+from cnnlab.config import conf_dir
+from cnnlab.errors import UserError
+from cnnlab.schema import SECTIONS, Config, check_name, validate
+
+NO_CUDA = not torch.cuda.is_available()
+GROUPS = ("model", "data", "optimizer", "scheduler", "trainer", "train", "experiment")
+CHOICES = [f"{group}={f.stem}" for group in GROUPS for f in sorted((conf_dir() / group).glob("*.yaml"))]
+
+
+def _on_gpu(c) -> bool:
+    return c.trainer.accelerator in ("gpu", "cuda")
+
+
+def _error(c, command: str = "params", run: str | None = None) -> str:
+    with pytest.raises(UserError) as e:
+        validate(c, command, run)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("command", [*SECTIONS, "a-command-added-later"])
+def test_default_config_validates_for_every_command(cfg, command):
+    validate(cfg(), command)
+
+
+@pytest.mark.parametrize("choice", CHOICES)
+def test_every_shipped_choice_validates(cfg, choice):
+    c = cfg(choice)
+    validate(c, "params")  # everything, runs.* included; no device check (params.yaml may be for a GPU box)
+    if not (_on_gpu(c) and NO_CUDA):
+        validate(c, "train")
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="the GPU rule only fires without CUDA")
+@pytest.mark.parametrize("overrides", [("trainer=gpu",), ("trainer=ddp",), ("experiment=cifar10",),
+                                       ("trainer.accelerator=cuda",)])
+def test_gpu_asked_for_without_cuda_is_one_clear_line(cfg, overrides):
+    msg = _error(cfg(*overrides), "train")
+    assert "\n" not in msg and msg.startswith("trainer.accelerator=")
+    assert "torch.cuda.is_available() is False" in msg
+    validate(cfg(*overrides), "style")  # only the commands that put work on that device care
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="the GPU rule only fires without CUDA")
+def test_a_cuda_device_without_cuda_is_refused_by_the_command_using_it(cfg):
+    c = cfg("evaluate.device=cuda:0")
+    assert _error(c, "evaluate").startswith("evaluate.device='cuda:0': no CUDA GPU")
+    validate(c, "train")
+
+
+def test_the_gpu_check_follows_the_run_the_command_trains(cfg):
+    c = cfg("trainer.accelerator=cuda" if NO_CUDA else "trainer.accelerator=cpu")
+    validate(c, "train", run="transfer")  # runs.transfer has its own trainer (cpu)
+    if NO_CUDA:
+        msg = _error(cfg("runs.transfer.trainer.accelerator=cuda"), "train", run="transfer")
+        assert msg.startswith("runs.transfer.trainer.accelerator='cuda': no CUDA GPU")
+    with pytest.raises(UserError, match="unknown run 'nope'"):
+        validate(c, "train", run="nope")
+
+
+BAD = [  # (overrides, the key the message must name first)
+    (["optimizer.lr=abc"], "optimizer.lr"),
+    (["optimizer.lr='1e-3'"], "optimizer.lr"),  # a string: torch would get it as is
+    (["optimizer.lr=0"], "optimizer.lr"),
+    (["optimizer.lr=inf"], "optimizer.lr"),
+    (["optimizer.weight_decay=-0.1"], "optimizer.weight_decay"),
+    (["optimizer=sgd", "optimizer.momentum=1.0"], "optimizer.momentum"),
+    (["optimizer._partial_=false"], "optimizer._partial_"),
+    (["train.batch_size=0"], "train.batch_size"),
+    (["train.eval_batch_size=1.5"], "train.eval_batch_size"),
+    (["train.per_class=0"], "train.per_class"),
+    (["train.label_smoothing=1.0"], "train.label_smoothing"),
+    (["train.augment.cutout=-1"], "train.augment.cutout"),
+    (["train.average.mode=swa"], "train.average.mode"),
+    (["train.monitor=val/accuracy"], "train.monitor"),
+    (["train.monitor_mode=min"], "train.monitor_mode"),  # would keep the worst checkpoint
+    (["trainer.max_epochs=0"], "trainer.max_epochs"),
+    (["trainer.precision=bogus"], "trainer.precision"),
+    (["trainer.accelerator=gpus"], "trainer.accelerator"),
+    (["trainer.devices=0"], "trainer.devices"),
+    (["trainer.strategy=dpp"], "trainer.strategy"),
+    (["trainer.max_time=1h"], "trainer.max_time"),
+    (["trainer.max_time={weeks:1}"], "trainer.max_time"),
+    (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val"),
+    (["trainer.limit_train_batches=1.5"], "trainer.limit_train_batches"),
+    (["trainer.limit_val_batches=0"], "trainer.limit_val_batches"),
+    (["data.val_size=0.1"], "data.val_size"),
+    (["data.val_size=60000"], "data.val_size"),  # all of Fashion-MNIST's training images
+    (["data=synthetic", "data.val_size=600"], "data.val_size"),
+    (["data=image_folder", "data.channels=2"], "data.channels"),
+    (["data=image_folder", "data.image_size=0"], "data.image_size"),
+    (["data.name=.."], "data.name"),
+    (["style.name=../../x"], "style.name"),
+    (["seed=-1"], "seed"),
+    (["deterministic=yes"], "deterministic"),
+    (["out_dir=''"], "out_dir"),
+    (["evaluate.batch_size=0"], "evaluate.batch_size"),
+    (["evaluate.device=gpu"], "evaluate.device"),
+    (["evaluate.gradcam=-1"], "evaluate.gradcam"),
+    (["style.size=0"], "style.size"),
+    (["style.iterations=0"], "style.iterations"),
+    (["style.style_weight=-1"], "style.style_weight"),
+    (["style.optimizer=sgd"], "style.optimizer"),
+    (["style.init=random"], "style.init"),
+    (["style.scales=[0.5,2.0]"], "style.scales"),
+    (["style.name=a/b"], "style.name"),
+    (["style.min_size=4096"], "style.min_size"),
+    (["predict.top_k=0"], "predict.top_k"),
+    (["predict.center_crop=1.5"], "predict.center_crop"),
+    (["summary.num_classes=0"], "summary.num_classes"),
+    (["model=cnn", "model.net.dropout=1.0"], "model.net.dropout"),
+    (["model=efficientnet_lite0", "model.net.mode=frozen"], "model.net.mode"),
+    (["tracking.enabled=maybe"], "tracking.enabled"),
+    (["runs.transfer.optimizer.lr=-1"], "runs.transfer.optimizer.lr"),  # a run laid over the root
+    (["runs.transfer.trainer.precision=8"], "runs.transfer.trainer.precision"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "key"), BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_value_is_one_line_naming_its_key(cfg, overrides, key):
+    msg = _error(cfg(*overrides))
+    assert "\n" not in msg and msg.startswith(f"{key}="), msg
+
+
+def test_messages_name_value_and_what_is_allowed(cfg):
+    assert _error(cfg("optimizer.lr=abc")) == "optimizer.lr='abc': must be a number > 0"
+    assert _error(cfg("train.batch_size=0")) == "train.batch_size=0: must be an integer >= 1"
+    assert _error(cfg("trainer.precision=bogus")).startswith(
+        "trainer.precision='bogus': must be one of 32-true, bf16-mixed, 16-mixed, ")
+    assert _error(cfg("data.name=../../x")).startswith("data.name='../../x': a name, not a path: ")
+
+
+def test_a_command_checks_only_what_it_reads(cfg):
+    c = cfg("trainer.precision=bogus", "optimizer.lr=abc")
+    for command in ("style", "predict", "report", "summary", "prepare"):
+        validate(c, command)
+    assert _error(c, "train").startswith("optimizer.lr=")
+    assert _error(cfg("style.iterations=0"), "style").startswith("style.iterations=")
+
+
+def test_a_params_file_validates_the_same(cfg, tmp_path):
+    """`--params params.yaml` loads a plain file, interpolations unresolved: the same checks apply."""
+    (tmp_path / "params.yaml").write_text(OmegaConf.to_yaml(cfg()))
+    c = OmegaConf.load(tmp_path / "params.yaml")
+    validate(c, "params")
+    c.runs.transfer.train.batch_size = 0
+    assert _error(c).startswith("runs.transfer.train.batch_size=0: ")
+
+
+def test_unknown_keys_pass(cfg):
+    validate(cfg("+model.net.new_option=1", "+trainer.benchmark=true", "+paths.extra_dir=x", "+notes=hi"),
+             "params")
+
+
+@pytest.mark.parametrize("good", ["seed_mnist_cnn-fashion_mnist", "resnet18-cifar10", "a.b+c=d", "x" * 100])
+def test_check_name_accepts_names(good):
+    check_name("data.name", good)
+    Config.model_validate({"style": {"name": good}})  # the schema's pattern (pydantic's regex engine) agrees
+
+
+@pytest.mark.parametrize("bad", ["", ".", "..", ".hidden", "a/b", "a\\b", "a\0b", "x" * 101, "../../x", 3])
+def test_check_name_refuses_paths(bad):
+    with pytest.raises(UserError, match=r"^data.name=.*: a name, not a path"):
+        check_name("data.name", bad)
+    with pytest.raises(ValidationError):
+        Config.model_validate({"style": {"name": bad}})
+
+
+def _choices(section: str, key: str) -> set:
+    return set(typing.get_args(Config.model_fields[section].annotation.model_fields[key].annotation))
+
+
+def test_choices_follow_the_code():
+    from cnnlab.data.sources import READERS
+    from cnnlab.stages.visualize import WHATS
+    from cnnlab.style.features import TRUNKS
+
+    assert _choices("data", "source") == set(READERS)
+    assert _choices("style", "network") == set(TRUNKS)
+    assert _choices("visualize", "what") == set(WHATS)
