@@ -32,6 +32,7 @@ run: install data
 
 # Two workers: most test time is process start-up and imports, which overlap well on 2 cores.
 test: install data
+	$(BIN)/ruff check
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -n 2
 
 clean:

@@ -5,7 +5,8 @@
 
 Fashion-MNIST: the real data (Debian package or download), official test split.
 CIFAR-10: ../shared/data/cifar10-train-jpg.tar.gz (the 50,000 training images as JPEG) via `image_folder`;
-5,000 held out for validation and 5,000 more carved out as the test split (the official test split is not there).
+5,000 held out for validation and 5,000 more carved out as the test split (the official test split is not
+there).
 Prints a Markdown table of test accuracy (mean ± std over seeds) and wall time per run.
 """
 
@@ -24,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CIFAR_TAR = ROOT / "../shared/data/cifar10-train-jpg.tar.gz"
 STUDIES = {
     "fashion_mnist": (["data=fashion_mnist"], ["seed_mlp", "seed_mnist_cnn", "cnn"]),
-    "cifar10_jpg": (["data=image_folder", "data.name=cifar10_jpg", "data.val_size=5000", "data.test_size=5000"],
+    "cifar10_jpg": (["data=image_folder", "data.name=cifar10_jpg", "data.val_size=5000",
+                     "data.test_size=5000"],
                     ["seed_cifar_cnn", "seed_cifar_cnn_k2", "cnn"]),
 }
 
@@ -65,8 +67,10 @@ for study, (data_args, models) in STUDIES.items():
                f"trainer.max_epochs={args.epochs}", *args.extra)
             times.append(time.perf_counter() - t0)
             sh("evaluate", *data_args, f"model={model}", f"seed={seed}", f"run_name={run}")
-            accs.append(json.loads((args.workdir / f"reports/{run}/eval/metrics.json").read_text())["accuracy"])
-            print(f"{study} {model} seed {seed}: test acc {accs[-1]:.4f}, train {times[-1]:.0f} s", flush=True)
+            metrics = json.loads((args.workdir / f"reports/{run}/eval/metrics.json").read_text())
+            accs.append(metrics["accuracy"])
+            print(f"{study} {model} seed {seed}: test acc {accs[-1]:.4f}, train {times[-1]:.0f} s",
+                  flush=True)
         rows.append((study, model, accs, times))
 
 print(f"\n| data | model | test accuracy (mean ± std, n={len(args.seeds)}) | train wall time per run |")

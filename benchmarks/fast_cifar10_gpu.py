@@ -3,9 +3,10 @@ internet for the download):
 
     .venv/bin/python benchmarks/fast_cifar10_gpu.py [--workdir /tmp/fast_gpu] [--seeds 0 1 2 3 4]
 
-Runs `experiment=fast_cifar10 trainer=gpu` (bf16, channels_last, torch.compile, data resident on the GPU) through
-the same CLI as any run. The wall time includes process start-up and compilation (the first epoch); `epochs_s`
-is the sum of the per-epoch times; airbench's 3.09 s on an A100 counts neither start-up nor compilation.
+Runs `experiment=fast_cifar10 trainer=gpu` (bf16, channels_last, torch.compile, data resident on the GPU)
+through the same CLI as any run. The wall time includes process start-up and compilation (the first epoch);
+`epochs_s` is the sum of the per-epoch times; airbench's 3.09 s on an A100 counts neither start-up nor
+compilation.
 """
 
 from __future__ import annotations

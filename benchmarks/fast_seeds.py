@@ -1,7 +1,8 @@
 """The `fast` recipe over n seeds through the real CLI (prepare → train → evaluate) in a scratch folder:
 test accuracy and wall time per seed, then mean ± std (docs/BENCHMARKS.md).
 
-    .venv/bin/python benchmarks/fast_seeds.py --workdir /tmp/fast_fm --seeds 0 1 2 -- experiment=fast_fashion_mnist
+    .venv/bin/python benchmarks/fast_seeds.py --workdir /tmp/fast_fm --seeds 0 1 2
+        -- experiment=fast_fashion_mnist
 """
 
 from __future__ import annotations
@@ -44,11 +45,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         hist = (rep / "train/history.csv").read_text().splitlines()
         i = hist[0].split(",").index("time_s")
         epochs_s = sum(float(r.split(",")[i]) for r in hist[1:])  # training + validation epochs only
-        rows.append({"seed": seed, "test_acc": acc, "train_wall_s": round(wall, 1), "epochs_s": round(epochs_s, 1),
-                     "epochs": train["epochs"]})
+        rows.append({"seed": seed, "test_acc": acc, "train_wall_s": round(wall, 1),
+                     "epochs_s": round(epochs_s, 1), "epochs": train["epochs"]})
         print(json.dumps(rows[-1]), flush=True)
     accs, walls = [r["test_acc"] * 100 for r in rows], [r["train_wall_s"] for r in rows]
-    sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
+
+    def sd(v: list[float]) -> float:
+        return statistics.stdev(v) if len(v) > 1 else 0.0
+
     print(f"n={len(rows)}  test accuracy {statistics.mean(accs):.2f} ± {sd(accs):.2f} %  "
           f"train wall {statistics.mean(walls):.1f} ± {sd(walls):.1f} s  ({' '.join(over)})")
     if a.target is not None:

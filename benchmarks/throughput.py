@@ -2,8 +2,8 @@
 PyTorch loop over the same in-memory uint8 tensors. Same model (seed_cifar_cnn), optimizer (Adam 1e-3),
 normalisation, batch order cost, one process. The two alternate `--repeats` times per batch size so machine
 noise hits both alike. Throughput is batch size / the median step-to-step interval (everything between two
-optimizer steps: fetch, convert, forward, backward, step, logging), which a burst of noise from other tenants of
-this shared machine barely moves; the ratio of the two medians is reported.
+optimizer steps: fetch, convert, forward, backward, step, logging), which a burst of noise from other tenants
+of this shared machine barely moves; the ratio of the two medians is reported.
 
     .venv/bin/python benchmarks/throughput.py [--n 10240] [--repeats 5] [--batch-sizes 32 512]
 
@@ -57,8 +57,9 @@ def median_rate(stamps: list[float], bs: int) -> float:
 
 def cnnlab_epoch(data_dir: str, bs: int) -> float:
     torch.manual_seed(0)
-    model = Classifier(net=dict(cfg.model.net), in_shape=shape, num_classes=10, class_names=list("abcdefghij"),
-                       mean=mean, std=std, optimizer=lambda ps: torch.optim.Adam(ps, lr=1e-3))
+    model = Classifier(net=dict(cfg.model.net), in_shape=shape, num_classes=10,
+                       class_names=list("abcdefghij"), mean=mean, std=std,
+                       optimizer=lambda ps: torch.optim.Adam(ps, lr=1e-3))
     timer = StepTimer()
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
@@ -90,12 +91,14 @@ def hand_epoch(bs: int) -> float:
 with tempfile.TemporaryDirectory() as tmp:
     save_split(Path(tmp) / "train.safetensors", images, labels)
     save_split(Path(tmp) / "val.safetensors", images[:64], labels[:64])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.n} images 3×32×32, seed_cifar_cnn")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.n} images 3×32×32, "
+          "seed_cifar_cnn")
     for bs in args.batch_sizes:
         ours, hand = [], []
         for _ in range(args.repeats):
             hand.append(hand_epoch(bs))
             ours.append(cnnlab_epoch(tmp, bs))
         r = [a / b for a, b in zip(ours, hand)]
-        print(f"batch {bs:4d}: cnnlab {statistics.median(ours):7.0f} img/s, hand loop {statistics.median(hand):7.0f} "
-              f"img/s, ratio {statistics.median(r):.3f} (per-repeat ratios {', '.join(f'{x:.3f}' for x in r)})")
+        print(f"batch {bs:4d}: cnnlab {statistics.median(ours):7.0f} img/s, "
+              f"hand loop {statistics.median(hand):7.0f} img/s, ratio {statistics.median(r):.3f} "
+              f"(per-repeat ratios {', '.join(f'{x:.3f}' for x in r)})")

@@ -1,7 +1,8 @@
 """Low-data transfer learning (issue 4): 100 training images per class, the best scratch model vs
-EfficientNet-Lite0 (ImageNet weights, offline) as a linear probe and fine-tuned, each given the same wall-clock
-training budget (Lightning's `max_time`), n seeds, through the real CLI (prepare → train → evaluate, test split).
-Also the frozen backbone's feature-extraction throughput (images/s) at the input sizes used.
+EfficientNet-Lite0 (ImageNet weights, offline) as a linear probe and fine-tuned, each given the same
+wall-clock training budget (Lightning's `max_time`), n seeds, through the real CLI (prepare → train →
+evaluate, test split). Also the frozen backbone's feature-extraction throughput (images/s) at the input sizes
+used.
 
     .venv/bin/python benchmarks/transfer_lowdata.py --workdir /tmp/cnnlab-transfer --budget 90 --seeds 0 1 2
 
@@ -61,9 +62,9 @@ def main() -> None:
     ap.add_argument("--throughput-sizes", type=int, nargs="*", default=[64, 128, 224])
     a = ap.parse_args()
     a.workdir.mkdir(parents=True, exist_ok=True)
-    common = ["data=fashion_mnist", "tracking.enabled=false", "scheduler=none", f"train.per_class={a.per_class}",
-              "train.batch_size=64", "trainer.max_epochs=1000", f"trainer.max_time={{seconds:{a.budget}}}",
-              "trainer.limit_val_batches=1"]
+    common = ["data=fashion_mnist", "tracking.enabled=false", "scheduler=none",
+              f"train.per_class={a.per_class}", "train.batch_size=64", "trainer.max_epochs=1000",
+              f"trainer.max_time={{seconds:{a.budget}}}", "trainer.limit_val_batches=1"]
     cli(a.workdir, "prepare", "data=fashion_mnist")
     results: dict[str, list[dict]] = {}
     for seed in a.seeds:  # seeds outermost: a load change on this shared machine hits every model alike

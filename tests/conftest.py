@@ -28,15 +28,17 @@ def workdir(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def cfg():
-    """compose(overrides) → the DictConfig a `cnnlab <command> <overrides>` run would get, writing to out/ unless
-    the overrides name an out_dir (the CLI would make a folder under runs/)."""
+    """compose(overrides) → the DictConfig a `cnnlab <command> <overrides>` run would get, writing to out/
+    unless the overrides name an out_dir (the CLI would make a folder under runs/)."""
     return lambda *overrides: compose(
         [*overrides] if any(o.startswith("out_dir=") for o in overrides) else ["out_dir=out", *overrides])
 
 
-def run_cli(*args: str, check: bool = True, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the installed `cnnlab` console script as a user would, in the current directory."""
-    p = subprocess.run([CNNLAB, *args], capture_output=True, text=True, timeout=timeout,
+def run_cli(*args: str, check: bool = True, env: dict | None = None, timeout: float = 600,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the installed `cnnlab` console script as a user would, in `cwd` (default: the current
+    directory)."""
+    p = subprocess.run([CNNLAB, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
                        env={**os.environ, **(env or {})})
     if check and p.returncode != 0:
         raise AssertionError(f"cnnlab {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
@@ -46,3 +48,11 @@ def run_cli(*args: str, check: bool = True, env: dict | None = None, timeout: fl
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture
+def synthetic(cfg):
+    """Generated data (`data=synthetic`, for tests only) prepared in the test's directory."""
+    from cnnlab.stages import prepare
+
+    prepare.run(cfg("data=synthetic"))

@@ -37,13 +37,14 @@ def test_cfg_job_prints_resolved_config(cli):
 def test_user_error_one_line_and_debug_traceback(cli):
     p = cli("prepare", "data=image_folder", check=False)
     assert p.returncode == 2
-    assert p.stderr.strip() == "cnnlab prepare: error: image_folder needs data.root=<dir or archive with train/<class>/*.jpg>"
+    assert p.stderr.strip() == ("cnnlab prepare: error: image_folder needs data.root=<dir or archive with "
+                                "train/<class>/*.jpg>")
     p = cli("prepare", "data=image_folder", "--debug", check=False)
     assert p.returncode != 0 and "Traceback" in p.stderr
 
 
 def test_summary_prints_seed_param_counts(cli):
-    for model, total in [("seed_mlp", "669,706"), ("seed_mnist_cnn", "220,234"), ("seed_cifar_cnn", "541,094"),
-                         ("seed_cifar_cnn_k2", "528,054")]:
+    for model, total in [("seed_mlp", "669,706"), ("seed_mnist_cnn", "220,234"),
+                         ("seed_cifar_cnn", "541,094"), ("seed_cifar_cnn_k2", "528,054")]:
         out = cli("summary", f"model={model}").stdout
         assert f"Total params: {total}" in out.splitlines(), out

@@ -1,6 +1,6 @@
 """Every DVC stage depends on all the code it runs: the import closure of `cnnlab.cli` and the stage's module
-inside src/cnnlab must be covered by the stage's `deps`, or an edit there leaves stale outputs that DVC reports
-as up to date."""
+inside src/cnnlab must be covered by the stage's `deps`, or an edit there leaves stale outputs that DVC
+reports as up to date."""
 
 from __future__ import annotations
 
@@ -49,8 +49,8 @@ def closure(*roots: str) -> set[Path]:
 
 def is_code(f: Path) -> bool:
     """An __init__.py with only a docstring and constants (no imports, functions or classes) runs nothing."""
-    return f.name != "__init__.py" or any(isinstance(n, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef))
-                                          for n in ast.walk(ast.parse(f.read_text())))
+    runs = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef)
+    return f.name != "__init__.py" or any(isinstance(n, runs) for n in ast.walk(ast.parse(f.read_text())))
 
 
 def uncovered(dvc_yaml: dict) -> dict[str, list[str]]:

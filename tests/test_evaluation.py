@@ -12,9 +12,15 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from cnnlab.errors import UserError
-from cnnlab.evaluation import (classification_metrics, confident_mistakes_png, confusion_matrix,
-                               confusion_matrix_png, prediction_grid_png, prediction_records,
-                               training_curves_png)
+from cnnlab.evaluation import (
+    classification_metrics,
+    confident_mistakes_png,
+    confusion_matrix,
+    confusion_matrix_png,
+    prediction_grid_png,
+    prediction_records,
+    training_curves_png,
+)
 from cnnlab.io import write_csv
 
 AB = ["a", "b"]

@@ -1,4 +1,4 @@
-"""The `fast` recipe's pieces (issue 8) on tiny synthetic data: whitening init, TTA, weight averaging, schedule,
+"""The `fast` recipe's pieces on tiny synthetic data: whitening init, TTA, weight averaging, schedule,
 alternating flips, and the experiment through the real CLI."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from cnnlab.stages import prepare, train
 from cnnlab.tasks.optim import nesterov_sgd
 from cnnlab.tasks.schedules import triangle
 
-TINY = ["data=synthetic", "model=fast", "model.net.widths=[8,16,16]", "trainer.max_epochs=2", "train.batch_size=100",
-        "tracking.enabled=false"]
+TINY = ["data=synthetic", "model=fast", "model.net.widths=[8,16,16]", "trainer.max_epochs=2",
+        "train.batch_size=100", "tracking.enabled=false"]
 
 
 @pytest.fixture
@@ -53,7 +53,8 @@ def test_tta_averages_mirror_and_shifted_views():
     expect = sum(w * 0.5 * (f(v) + f(v.flip(3))) for w, v in zip([0.5, 0.25, 0.25], views))
     assert torch.allclose(out, expect, atol=1e-6)
     assert torch.equal(translate(x, 1, 1)[..., 1:, 1:], x[..., :-1, :-1])  # content moves down-right by 1 px
-    assert torch.allclose(tta_logits(lambda v: torch.ones(len(v), 3), x), torch.ones(5, 3))  # weights sum to 1
+    ones = tta_logits(lambda v: torch.ones(len(v), 3), x)
+    assert torch.allclose(ones, torch.ones(5, 3))  # the weights sum to 1
 
 
 def test_alternating_flip_shows_both_views_over_two_epochs():
@@ -81,11 +82,12 @@ def test_triangle_schedule_shape_and_sgd_groups():
         sched.step()
     assert lrs[0] == pytest.approx(0.2) and max(lrs) == pytest.approx(1.0) and lrs.index(max(lrs)) == 23
     assert sched.lr_lambdas[0](100) == pytest.approx(0.07) and lrs[-1] == pytest.approx(0.082, abs=1e-3)
-    assert all(a <= b for a, b in zip(lrs[:23], lrs[1:24])) and all(a >= b for a, b in zip(lrs[23:], lrs[24:]))
+    assert all(a <= b for a, b in zip(lrs[:23], lrs[1:24]))
+    assert all(a >= b for a, b in zip(lrs[23:], lrs[24:]))
 
 
 def test_ema_weights_are_checkpointed_and_evaluated(cfg, workdir, synthetic):
-    from cnnlab.stages.evaluate import load_classifier
+    from cnnlab.tasks.classifier import Classifier
 
     train.run(cfg(*TINY, "train.average.mode=ema", "train.average.every=1", "train.average.decay=0.9",
                   "train.average.warmup_power=0", "out_dir=ema"))
@@ -94,12 +96,13 @@ def test_ema_weights_are_checkpointed_and_evaluated(cfg, workdir, synthetic):
     key = "head.weight"
     assert torch.equal(ck["state_dict"]["net." + key], state["avg"][key])  # the checkpoint holds the average
     assert not torch.allclose(state["avg"][key], state["raw"][key])  # which differs from the raw weights
-    model = load_classifier(workdir / "ema/model/last.ckpt", torch.device("cpu"))
+    model = Classifier.load(workdir / "ema/model/last.ckpt")
     assert torch.equal(model.net.head.weight, state["avg"][key])  # and is what evaluate loads
 
 
 def test_fast_experiment_trains_and_evaluates_through_cli(cli, workdir, synthetic):
-    over = ["experiment=fast_fashion_mnist", "data=synthetic", "model.net.widths=[8,16,16]", "tracking.enabled=false"]
+    over = ["experiment=fast_fashion_mnist", "data=synthetic", "model.net.widths=[8,16,16]",
+            "tracking.enabled=false"]
     cli("train", *over, "trainer.max_epochs=2", "train.batch_size=100", "out_dir=out")
     cli("evaluate", *over, "evaluate.gradcam=0", "out_dir=out")
     m = json.loads((workdir / "out/eval/metrics.json").read_text())

@@ -4,7 +4,7 @@ from omegaconf import OmegaConf
 
 from cnnlab.config import compose, conf_dir
 from cnnlab.errors import UserError
-from cnnlab.models import build_model, check_input_shape
+from cnnlab.models import Network, build_model, check_input_shape
 from cnnlab.models.summary import summary_table
 from cnnlab.stages import summary
 
@@ -55,7 +55,7 @@ def test_every_model_config_runs_on_its_shape_and_another(name):
     other = (3, 32, 32) if cfg.input_shape[0] == 1 else (1, 28, 28)
     for shape in (tuple(cfg.input_shape), other):
         model = build_model(cfg.net, shape, 7)
-        assert model.in_shape == shape
+        assert isinstance(model, Network) and model.in_shape == shape
         assert model(torch.zeros(2, *shape)).shape == (2, 7)
 
 
@@ -90,7 +90,8 @@ def test_builder_batch_norm_and_even_kernel():
     (dict(widths=[8], head="dense"), (1, 28, 28), "unknown head 'dense'"),
     (dict(widths=[]), (1, 28, 28), "widths must be a non-empty list"),
     (dict(widths=[8] * 6), (1, 28, 28), "28×28 images are too small for 6 downsamplings by 2 (need 64×64)"),
-    (dict(widhts=[8]), (1, 28, 28), "unknown option(s) widhts; missing widths; valid options: widths, blocks"),
+    (dict(widhts=[8]), (1, 28, 28),
+     "unknown option(s) widhts; missing widths; valid options: widths, blocks"),
     (dict(widths=[8], in_shape=[1, 2, 3]), (1, 28, 28), "in_shape and num_classes come from the data"),
     (dict(widths=[8], dropout=1.5), (1, 28, 28), "0 <= dropout < 1"),
 ])
@@ -105,6 +106,18 @@ def test_seed_model_too_small_and_bad_target():
         build_model(OmegaConf.create({"_target_": "cnnlab.models.seed.SeedCifarCNN"}), (3, 4, 4), 10)
     with pytest.raises(UserError, match="cannot be imported"):
         build_model(OmegaConf.create({"_target_": "cnnlab.models.seed.Nope"}), (3, 32, 32), 10)
+    with pytest.raises(UserError, match=r"'torch.nn.Identity' is not a cnnlab network \(a cnnlab.models"):
+        build_model(OmegaConf.create({"_target_": "torch.nn.Identity"}), (3, 32, 32), 10)
+
+
+def test_network_contract_defaults():
+    """What a network that overrides nothing offers the training task."""
+    model = build_model(net(widths=[4]), (1, 8, 8), 3)
+    assert not model.expects_unit_range and model.init_images == 0 and model.stages() == []
+    [group] = model.param_groups()
+    assert group["lr_scale"] == 1.0 and len(group["params"]) == len(list(model.parameters()))
+    model[0].weight.requires_grad_(False)  # frozen parameters stay out of the optimizer
+    assert len(model.param_groups()[0]["params"]) == len(list(model.parameters())) - 1
 
 
 def test_check_input_shape():

@@ -159,8 +159,10 @@ def fake_cifar_tar(root: Path) -> Path:
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
         for i in range(1, 6):
-            add(f"data_batch_{i}", {"data": rng.integers(0, 255, (20, 3072), dtype=np.uint8), "labels": list(range(10)) * 2})
-        add("test_batch", {"data": rng.integers(0, 255, (10, 3072), dtype=np.uint8), "labels": list(range(10))})
+            add(f"data_batch_{i}", {"data": rng.integers(0, 255, (20, 3072), dtype=np.uint8),
+                                    "labels": list(range(10)) * 2})
+        add("test_batch", {"data": rng.integers(0, 255, (10, 3072), dtype=np.uint8),
+                           "labels": list(range(10))})
         add("batches.meta", {"label_names": [f"c{i}" for i in range(10)]})
     path = root / "data/raw/cifar-10-python.tar.gz"
     path.parent.mkdir(parents=True)
@@ -172,7 +174,8 @@ def test_cifar_archive_checksum_mismatch(cfg, workdir):
     fake_cifar_tar(workdir)
     with pytest.raises(UserError, match="checksum mismatch for data/raw/cifar-10-python.tar.gz"):
         prepare.run(cfg("data=cifar10", "data.download=false"))
-    assert not (workdir / "data/raw/cifar-10-batches-py").exists() and not (workdir / "data/prepared").exists()
+    assert (not (workdir / "data/raw/cifar-10-batches-py").exists()
+            and not (workdir / "data/prepared").exists())
 
 
 def test_cifar_from_archive(cfg, workdir):
@@ -180,7 +183,8 @@ def test_cifar_from_archive(cfg, workdir):
     c = cfg("data=cifar10", "data.download=false", "data.val_size=10")
     c.data.archive_md5 = hashlib.md5(tar.read_bytes()).hexdigest()
     with tarfile.open(tar) as tf:  # the md5s of our fake members, in place of the official ones
-        sums = {m.name.split("/")[1]: hashlib.md5(tf.extractfile(m).read()).hexdigest() for m in tf.getmembers()}
+        sums = {m.name.split("/")[1]: hashlib.md5(tf.extractfile(m).read()).hexdigest()
+                for m in tf.getmembers()}
     c.data.train_files = {k: v for k, v in sums.items() if k.startswith("data_batch")}
     c.data.test_files = {"test_batch": sums["test_batch"]}
     c.data.meta_md5 = sums["batches.meta"]
@@ -214,7 +218,8 @@ def test_image_folder(cfg, workdir):
     sizes = prepare.run(cfg("data=image_folder", "data.root=imgs", "data.val_size=4", "data.image_size=16"))
     assert sizes == {"train": 20, "val": 4, "test": 6}
     m = load_manifest(workdir / "data/prepared/image_folder")
-    assert m["classes"] == ["cat", "dog"] and m["image_shape"] == [3, 16, 16] and m["test_source"] == "official"
+    assert (m["classes"] == ["cat", "dog"] and m["image_shape"] == [3, 16, 16]
+            and m["test_source"] == "official")
 
 
 def test_image_folder_without_test_dir_carves_test(cfg, workdir):
@@ -231,10 +236,12 @@ def test_truncated_image_named_then_skipped(cfg, workdir):
     root = image_tree(workdir / "imgs")
     bad = root / "train/dog/005.png"
     bad.write_bytes(bad.read_bytes()[:60])
-    with pytest.raises(UserError, match=r"cannot read image imgs/train/dog/005.png: .*data.skip_bad_images=true"):
+    with pytest.raises(UserError,
+                       match=r"cannot read image imgs/train/dog/005.png: .*data.skip_bad_images=true"):
         prepare.run(cfg("data=image_folder", "data.root=imgs", "data.val_size=4"))
     assert not (workdir / "data/prepared").exists()
-    sizes = prepare.run(cfg("data=image_folder", "data.root=imgs", "data.val_size=4", "data.skip_bad_images=true"))
+    sizes = prepare.run(cfg("data=image_folder", "data.root=imgs", "data.val_size=4",
+                            "data.skip_bad_images=true"))
     assert sizes["train"] + sizes["val"] == 23
     assert load_manifest(workdir / "data/prepared/image_folder")["source"]["skipped_bad_images"] == 1
 

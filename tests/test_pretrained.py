@@ -56,6 +56,22 @@ def test_transfer_modes_freeze_what_they_say(mode):
     assert scales == ([0.1, 1.0] if mode == "finetune" else [1.0])
 
 
+def test_preprocess_and_the_logged_model_agree_for_a_pretrained_net():
+    """A pretrained net normalises with its own statistics: preprocess only scales to [0, 1], and the model
+    logged to MLflow (float images in [0, 1]) gives the classifier's logits."""
+    from cnnlab.tasks.classifier import Classifier
+
+    net = {"_target_": "cnnlab.models.pretrained.TransferNet", "backbone": "resnet18", "weights": None,
+           "image_size": 32}
+    model = Classifier(net=net, in_shape=(3, 32, 32), num_classes=3, class_names=["a", "b", "c"],
+                       mean=[0.3] * 3, std=[0.2] * 3).eval()  # the data's statistics: not applied
+    u8 = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    x = u8.float() / 255
+    assert torch.allclose(model.preprocess(u8), x) and torch.equal(model.preprocess(x), x)
+    with torch.no_grad():
+        assert torch.allclose(model.inference_net()(x), model(model.preprocess(u8)), atol=1e-6)
+
+
 def test_freeze_bn_keeps_backbone_statistics():
     net = TransferNet((3, 32, 32), 10, image_size=32, mode="finetune", freeze_bn=True).train()
     bns = [m for m in net.body.modules() if isinstance(m, torch.nn.BatchNorm2d)]
@@ -73,7 +89,8 @@ def test_train_evaluate_predict_with_pretrained(cfg, workdir, mode):
     from cnnlab.stages import evaluate
     m = evaluate.run(cfg(*args))
     assert m["num_samples"] == 40
-    out = predict.run(cfg("predict.ckpt=t/model/best.ckpt", f"predict.image={GRACE_HOPPER}", "predict.top_k=3"))
+    out = predict.run(cfg("predict.ckpt=t/model/best.ckpt", f"predict.image={GRACE_HOPPER}",
+                          "predict.top_k=3"))
     assert len(out[str(GRACE_HOPPER)]) == 3 and out[str(GRACE_HOPPER)][0]["class"].startswith("class_")
     hist = (workdir / "t/train/history.csv").read_text().splitlines()
     assert len(hist) == 3
@@ -85,7 +102,7 @@ def test_predict_errors(cfg, workdir):
     (workdir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     with pytest.raises(UserError, match="cannot read image broken.png"):
         predict.run(cfg("predict.image=broken.png"))
-    with pytest.raises(UserError, match="no checkpoint nope.ckpt"):
+    with pytest.raises(UserError, match="nope.ckpt: no such checkpoint"):
         predict.run(cfg("predict.ckpt=nope.ckpt", f"predict.image={GRACE_HOPPER}"))
 
 

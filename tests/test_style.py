@@ -81,7 +81,8 @@ def test_stage_files_and_metrics(cfg, workdir):
                                                "metrics.json", "run.json", "config.yaml"}
     assert json.loads((out / "metrics.json").read_text()) == m and m["iterations"] == 4
     assert {"content_loss", "style_loss", "tv_loss", "time_s"} <= m.keys()
-    assert Image.open(out / "result.png").size == (m["width"], m["height"]) == (41, 48)  # grace_hopper is 512×600
+    # grace_hopper is 512×600
+    assert Image.open(out / "result.png").size == (m["width"], m["height"]) == (41, 48)
     assert len((out / "losses.csv").read_text().splitlines()) == 5
     assert json.loads((out / "run.json").read_text())["content"]["sha256"]
 

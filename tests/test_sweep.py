@@ -1,4 +1,5 @@
-"""Hydra multirun through the real CLI: MLflow parent/child runs, leaderboard, joblib, Optuna, SLURM config."""
+"""Hydra multirun through the real CLI: MLflow parent/child runs, leaderboard, joblib, Optuna, SLURM
+config."""
 
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ from hydra.utils import instantiate
 from mlflow import MlflowClient
 
 from cnnlab.config import compose
-from cnnlab.stages import prepare
 
-SWEEP = ["data=synthetic", "trainer.max_epochs=1", "train.batch_size=100"]
+SWEEP = ["debug=tiny", "train.batch_size=100"]
 
 
 def runs(workdir: Path) -> list:
@@ -25,11 +25,6 @@ def leaderboard(workdir: Path) -> list[dict]:
     assert board.with_suffix(".md").is_file()
     with open(board) as f:
         return list(csv.DictReader(f))
-
-
-@pytest.fixture
-def synthetic(cfg):
-    prepare.run(cfg("data=synthetic"))
 
 
 @pytest.mark.slow
@@ -55,7 +50,8 @@ def test_joblib_four_parallel_jobs_all_recorded_in_sqlite(cli, workdir, syntheti
         "optimizer.lr=1e-3,2e-3,3e-3,4e-3")
     assert len(leaderboard(workdir)) == 4
     children = [r for r in runs(workdir) if "mlflow.parentRunId" in r.data.tags]
-    assert len(children) == 4 and all("val/acc" in r.data.metrics for r in children)  # no "database is locked"
+    # no "database is locked"
+    assert len(children) == 4 and all("val/acc" in r.data.metrics for r in children)
 
 
 @pytest.mark.slow

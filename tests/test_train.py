@@ -10,12 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
+from conftest import CNNLAB
 from mlflow import MlflowClient
 
 from cnnlab.errors import UserError
 from cnnlab.stages import evaluate, prepare, train
-from conftest import CNNLAB
+from cnnlab.tasks.callbacks import EpochProgressBar, read_history
 
 TINY = ["data=synthetic", "trainer.max_epochs=2", "train.batch_size=64"]
 
@@ -39,7 +41,9 @@ def synthetic(cfg):
 
 
 def test_train_then_evaluate_cli_one_mlflow_run(cli, workdir, synthetic):
-    cli("train", *TINY, "trainer.max_time={minutes:10}")  # a dict value reaches Lightning as a dict
+    out = cli("train", *TINY, "trainer.max_time={minutes:10}")  # a dict value reaches Lightning as a dict
+    log = out.stdout + out.stderr
+    assert "epoch 1/2  " in log and "epoch 2/2  " in log  # no tty: one line per epoch, counted from 1
     [rep] = workdir.glob("runs/*/*-train")  # a folder of its own, under runs/
     cli("evaluate", "data=synthetic", f"out_dir={rep.relative_to(workdir)}")
     model_dir = rep / "model"
@@ -47,12 +51,13 @@ def test_train_then_evaluate_cli_one_mlflow_run(cli, workdir, synthetic):
     for f in ("best.ckpt", "last.ckpt", "run.json", "config.yaml"):
         assert (model_dir / f).is_file(), f
     for f in ("train/metrics.json", "train/history.csv", "eval/metrics.json", "eval/confusion.json",
-              "eval/figures/confusion_matrix.png", "eval/figures/predictions.png", "eval/figures/mistakes.png",
-              "eval/figures/curves.png", "eval/figures/gradcam.png"):
+              "eval/figures/confusion_matrix.png", "eval/figures/predictions.png",
+              "eval/figures/mistakes.png", "eval/figures/curves.png", "eval/figures/gradcam.png"):
         assert (rep / f).is_file(), f
     assert len(history(rep / "train/history.csv")) == 3  # header + 2 epochs
     m = json.loads((rep / "eval/metrics.json").read_text())
-    assert 0.3 < m["accuracy"] <= 1 and m["num_samples"] == 200 and len(m["per_class_accuracy"]) == 10
+    assert 0.3 < m["accuracy"] <= 1 and m["num_samples"] == 200
+    assert len(json.loads((rep / "eval/per_class.json").read_text())["accuracy"]) == 10
     assert len(json.loads((rep / "eval/confusion.json").read_text())) == 200
 
     runs = mlflow_runs(workdir / "mlflow.db")
@@ -65,10 +70,16 @@ def test_train_then_evaluate_cli_one_mlflow_run(cli, workdir, synthetic):
     assert r.data.tags["out_dir"] == str(rep.resolve())
     assert r.data.metrics["test/accuracy"] == pytest.approx(m["accuracy"])
     client = MlflowClient(f"sqlite:///{(workdir / 'mlflow.db').resolve()}")
-    assert len(client.get_metric_history(r.info.run_id, "val/acc")) == 2
+    # epochs count from 1 in history.csv and in MLflow, whose per-epoch step is the epoch number
+    rows = read_history(rep / "train/history.csv")
+    assert [row["epoch"] for row in rows] == [1, 2]
+    val_acc = sorted(client.get_metric_history(r.info.run_id, "val/acc"), key=lambda m: m.step)
+    assert [(m.step, m.value) for m in val_acc] == [(row["epoch"], row["val/acc"]) for row in rows]
+    assert [m.step for m in client.get_metric_history(r.info.run_id, "lr")] == [1, 2]
     paths = {a.path for a in client.list_artifacts(r.info.run_id)}
     assert {"config.yaml", "checkpoints", "eval", "history.csv"} <= paths
-    assert {a.path for a in client.list_artifacts(r.info.run_id, "eval/figures")} >= {"eval/figures/predictions.png"}
+    figures = {a.path for a in client.list_artifacts(r.info.run_id, "eval/figures")}
+    assert "eval/figures/predictions.png" in figures
     # the model logged with mlflow.pytorch.log_model loads back and predicts
     import mlflow.pytorch
     mlflow.set_tracking_uri(f"sqlite:///{(workdir / 'mlflow.db').resolve()}")
@@ -99,7 +110,8 @@ def test_resume_without_checkpoint(cfg, synthetic):
 
 
 def test_evaluate_errors(cfg, workdir, synthetic):
-    with pytest.raises(UserError, match="nothing to evaluate in r: pass out_dir=<a run folder> or evaluate.ckpt="):
+    with pytest.raises(UserError,
+                       match="nothing to evaluate in r: pass out_dir=<a run folder> or evaluate.ckpt="):
         evaluate.run(cfg("data=synthetic", "tracking.enabled=false", "out_dir=r"))
     train.run(cfg(*TINY, "trainer.max_epochs=1", "tracking.enabled=false", "out_dir=r"))
     prepare.run(cfg("data=synthetic", "data.name=rgb", "data.channels=3", "data.image_size=32"))
@@ -114,6 +126,13 @@ def test_training_is_reproducible_and_learns(cfg, workdir, synthetic):
     b = train.run(cfg(*TINY, *kw, "out_dir=b"))
     assert a == b and a > 0.5  # chance is 0.1
     assert history(workdir / "a/train/history.csv") == history(workdir / "b/train/history.csv")
+
+
+def test_progress_bar_counts_epochs_from_one():
+    bar = EpochProgressBar()
+    bar.setup(pl.Trainer(max_epochs=10, callbacks=[bar], logger=False), None, "fit")
+    assert bar._get_train_description(0).strip() == "Epoch 1/10"  # Lightning's own bar says "Epoch 0/9"
+    assert bar._get_train_description(9).strip() == "Epoch 10/10"
 
 
 @pytest.mark.slow
@@ -140,7 +159,8 @@ def test_sigkill_then_resume_equals_uninterrupted(cli, workdir, synthetic):
     assert len(runs) == 2  # the resumed training continued its own run
     killed = json.loads((workdir / "killed/model/run.json").read_text())["mlflow_run_id"]
     client = MlflowClient(f"sqlite:///{(workdir / 'mlflow.db').resolve()}")
-    assert len({m.step for m in client.get_metric_history(killed, "val/acc")}) == 6  # every epoch, one run
+    # every epoch in one run, at step = epoch (an epoch logged before the kill is logged again at its step)
+    assert {m.step for m in client.get_metric_history(killed, "val/acc")} == set(range(1, 7))
 
 
 @pytest.mark.slow

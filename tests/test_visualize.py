@@ -10,19 +10,28 @@ from PIL import Image
 from cnnlab.config import compose
 from cnnlab.errors import UserError
 from cnnlab.stages import prepare, train, visualize
-from cnnlab.stages.evaluate import load_classifier
 from cnnlab.tasks.classifier import Classifier
 from cnnlab.visualize import gradcam_grid_png
-from cnnlab.visualize.explain import (KERNELS, conv_layers, filter_image, from_classifier, gradcam, gradcam_layer,
-                                      kernels_from_config, saliency, spatial_layers)
+from cnnlab.visualize.explain import (
+    KERNELS,
+    conv_layers,
+    filter_image,
+    from_classifier,
+    gradcam,
+    gradcam_layer,
+    kernels_from_config,
+    saliency,
+    spatial_layers,
+)
 
-TINY = ("data=synthetic", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-        "tracking.enabled=false")
+TINY = ("data=synthetic", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1", "tracking.enabled=false")
 
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    # On a busy 2-core machine two threads fight: Lite0 forward+backward at 224 px took 13 s with 2, 0.2 s with 1
+    # On a busy 2-core machine two threads fight: Lite0 forward+backward at 224 px took 13 s with 2,
+    # 0.2 s with 1
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -37,8 +46,8 @@ def ckpts(tmp_path_factory, one_thread):
     paths = [f"paths.prepared_dir={d / 'prepared'}"]
     prepare.run(compose(["data=synthetic", *paths]))
     train.run(compose([*TINY, *paths, f"out_dir={d / 'seed'}"]))
-    train.run(compose([*TINY, *paths, f"out_dir={d / 'lite0'}", "model=efficientnet_lite0", "model.net.image_size=32",
-                       "train.batch_size=16"]))
+    train.run(compose([*TINY, *paths, f"out_dir={d / 'lite0'}", "model=efficientnet_lite0",
+                       "model.net.image_size=32", "train.batch_size=16"]))
     return ["data=synthetic", *paths], {n: d / n / "model/last.ckpt" for n in ("seed", "lite0")}
 
 
@@ -53,7 +62,8 @@ def test_kernels_on_default_and_greyscale_images(cfg, workdir):
     step = torch.zeros(1, 8, 8, dtype=torch.uint8)
     step[:, :, 4:] = 200
     sx = filter_image(step, KERNELS["sobel x"])[0]
-    assert sx.shape == (8, 8) and sx[:, 3:5].min() == 800 and sx[:, :3].abs().max() == 0  # a vertical edge only
+    # a vertical edge only
+    assert sx.shape == (8, 8) and sx[:, 3:5].min() == 800 and sx[:, :3].abs().max() == 0
     assert filter_image(step, KERNELS["sobel y"]).abs().max() == 0
     assert torch.allclose(filter_image(torch.full((1, 9, 9), 100, dtype=torch.uint8), KERNELS["blur"]),
                           torch.tensor(100.0))  # edge padding: no dark border
@@ -91,20 +101,22 @@ def test_every_what_on_a_checkpoint(cfg, workdir, ckpts, model):
 
 def test_layer_names_offered_and_checked(cfg, ckpts):
     paths, ck = ckpts
-    seed = from_classifier(load_classifier(ck["seed"], torch.device("cpu")), "seed")
+    seed = from_classifier(Classifier.load(ck["seed"]), "seed")
     assert conv_layers(seed.net, spatial_layers(seed)) == ["0", "3"] and gradcam_layer(seed) == "3"
-    lite = from_classifier(load_classifier(ck["lite0"], torch.device("cpu")), "lite0")
+    lite = from_classifier(Classifier.load(ck["lite0"]), "lite0")
     names = conv_layers(lite.net, spatial_layers(lite))
     assert names[:4] == ["body.conv_stem", "body.blocks.0.0", "body.blocks.0", "body.blocks.1.0"]
     assert names[-2:] == ["body.blocks", "body.conv_head"] and len(names) == 26  # 16 blocks, 7 stages
     assert not any(".conv_pw" in n or n.endswith("bn1") for n in names)  # insides of blocks are not offered
     # 32 px in, 1×1 from blocks.5 on: Grad-CAM falls back to the last layer that still has a spatial extent
     assert gradcam_layer(lite) == "body.blocks.4"
-    with pytest.raises(UserError, match=r"seed-last has no layer 'conv9' with a spatial output; layers: 0, 3 \("):
+    with pytest.raises(UserError,
+                       match=r"seed-last has no layer 'conv9' with a spatial output; layers: 0, 3 \("):
         visualize.run(cfg(*paths, f"visualize.ckpt={ck['seed']}", "visualize.what=feature_maps",
                           "visualize.layers=[conv9]"))
     with pytest.raises(UserError, match=r"no layer '7'"):  # the Linear: not spatial
-        visualize.run(cfg(*paths, f"visualize.ckpt={ck['seed']}", "visualize.what=gradcam", "visualize.layers=[7]"))
+        visualize.run(cfg(*paths, f"visualize.ckpt={ck['seed']}", "visualize.what=gradcam",
+                          "visualize.layers=[7]"))
 
 
 def test_imagenet_backbone_without_checkpoint(cfg, workdir):
@@ -123,25 +135,28 @@ def test_bad_input_is_one_clear_error(cfg, workdir, ckpts, cli):
         (["visualize.what=kernels", "visualize.image=broken.png"], "cannot read image broken.png"),
         (["visualize.what=gradcam", "visualize.image=broken.png", f"visualize.ckpt={ck['seed']}"],
          "cannot read image broken.png"),
-        (["visualize.what=filters", "visualize.ckpt=models/none.ckpt"], "no checkpoint models/none.ckpt"),
+        (["visualize.what=filters", "visualize.ckpt=models/none.ckpt"],
+         "models/none.ckpt: no such checkpoint"),
         (["visualize.what=saliency", f"visualize.ckpt={ck['seed']}", "visualize.target_class=cat"],
          r"target_class 'cat' is not a class name or index; classes: class_0, class_1"),
         (["visualize.what=gradcam", f"visualize.ckpt={ck['seed']}", "visualize.target_class=10"],
          "target_class 10 is out of range: the model has 10 classes"),
-        (["visualize.what=gradcam", f"visualize.ckpt={ck['seed']}"], "no prepared data at data/prepared/fashion"),
+        (["visualize.what=gradcam", f"visualize.ckpt={ck['seed']}"],
+         "no prepared data at data/prepared/fashion"),
     ]:
         with pytest.raises(UserError, match=message):
             visualize.run(cfg(*paths[2:], *overrides))
     p = cli("visualize", "visualize.what=filters", "visualize.ckpt=nope.ckpt", check=False)
     assert p.returncode == 2 and p.stderr.strip().splitlines() == [
-        "cnnlab visualize: error: no checkpoint nope.ckpt (train first, or pass evaluate.ckpt=<file>)"]
+        "cnnlab visualize: error: nope.ckpt: no such checkpoint"]
 
 
 def test_gradcam_grid_for_evaluate_leaves_the_model_as_it_was(workdir, ckpts):
-    model = load_classifier(ckpts[1]["seed"], torch.device("cpu")).train()
+    model = Classifier.load(ckpts[1]["seed"]).train()
     with torch.inference_mode():  # evaluate predicts under inference mode
         images = torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8)
-        gradcam_grid_png(model, images, torch.arange(10), [f"c{i}" for i in range(10)], workdir / "g.png", n=6)
+        gradcam_grid_png(model, images, torch.arange(10), [f"c{i}" for i in range(10)], workdir / "g.png",
+                         n=6)
     assert (workdir / "g.png").stat().st_size > 5000
     assert model.training and all(p.grad is None for p in model.parameters())
 
@@ -160,13 +175,14 @@ def _top_left_squares(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.T
 
 
 def test_gradcam_finds_the_region_the_model_was_trained_to_look_at():
-    # A GAP head, as Grad-CAM assumes (channel weights = spatially averaged gradients). With a flatten head the
-    # weights can average to ≤ 0 and the ReLU'd map vanish: at the last conv it did for every image with 1 of 4
-    # seeds of this task (and for some with 2 more), after its ReLU with 4 of 6; a hand-written Grad-CAM gave
-    # the same blank map, while gradient×activation put 98% of its mass in the square's quadrant.
+    # A GAP head, as Grad-CAM assumes (channel weights = spatially averaged gradients). With a flatten head
+    # the weights can average to ≤ 0 and the ReLU'd map vanish: at the last conv it did for every image with 1
+    # of 4 seeds of this task (and for some with 2 more), after its ReLU with 4 of 6; a hand-written Grad-CAM
+    # gave the same blank map, while gradient×activation put 98% of its mass in the square's quadrant.
     torch.manual_seed(0)
     model = Classifier(net={"_target_": "cnnlab.models.builder.CNN", "widths": [8, 16], "batch_norm": False},
-                       in_shape=(1, 24, 24), num_classes=2, class_names=["none", "square"], mean=[0.2], std=[0.3])
+                       in_shape=(1, 24, 24), num_classes=2, class_names=["none", "square"],
+                       mean=[0.2], std=[0.3])
     g = torch.Generator().manual_seed(0)
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     for _ in range(150):  # ~1 s; 100% test accuracy from ~100 steps

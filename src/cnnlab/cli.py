@@ -17,11 +17,13 @@ COMMANDS = {
     "evaluate": "test-split metrics, confusion matrix, prediction grids of a run → <out_dir>/eval/",
     "predict": "top-k classes of image files, with a trained checkpoint or the ImageNet backbone",
     "style": "neural style transfer (Gatys et al.) → <out_dir>/<content>_<style>/",
-    "report": "one self-contained index.html: the pipeline's runs, style transfer, every experiment and sweep",
+    "report": "one self-contained index.html: the pipeline's runs, style transfer, every experiment "
+              "and sweep",
     "visualize": "kernels, learned filters, feature maps, Grad-CAM, saliency → <out_dir>/<what>/",
 }
 
-USAGE = """usage: cnnlab <command> [key=value ...] [group=choice ...] [--run NAME] [--params FILE] [--cfg job] [-m] [--debug]
+USAGE = """usage: cnnlab <command> [key=value ...] [group=choice ...] [--run NAME] [--params FILE] \
+[--cfg job] [-m] [--debug]
 
 commands:
 {commands}
@@ -32,7 +34,8 @@ folder runs/<date>/<time>-<command>/ unless you name one with out_dir=<folder>. 
 (e.g. `transfer`) over the config, and overrides of its sections apply to it; `--params params.yaml` reads a
 composed config file instead of conf/ (what DVC stages do), with key=value overrides only."""
 
-# Commands that write results: to out_dir, else to the folder Hydra makes for this command under paths.runs_dir.
+# Commands that write results: to out_dir, else to the folder Hydra makes for this command under
+# paths.runs_dir.
 WRITES = ("train", "evaluate", "style", "visualize", "report")
 
 
@@ -48,8 +51,8 @@ def _fail(command: str, message: str) -> None:
 
 
 def _validate(command: str, overrides: list[str], run: str | None, values: bool = True) -> None:
-    """Compose once before Hydra takes over (and writes its run folder), so a wrong key, choice or value is one
-    clear line, not a traceback."""
+    """Compose once before Hydra takes over (and writes its run folder), so a wrong key, choice or value is
+    one clear line, not a traceback."""
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
@@ -80,21 +83,25 @@ def _validate(command: str, overrides: list[str], run: str | None, values: bool 
 
 
 def _quiet() -> None:
-    """Lightning chatter that asks nothing of a cnnlab user: the accelerator banner before every run (and every
-    error), its advertising tip, and warnings about what cnnlab does on purpose (per-epoch logging, its own
-    on_after_batch_transfer, reusing the checkpoint folder)."""
-    warnings.filterwarnings("ignore", message=r".*(LeafSpec|log_every_n_steps|on_after_batch_transfer|exists and "
-                                              r"is not empty|module\(s\) in eval mode).*")
+    """Lightning chatter that asks nothing of a cnnlab user: the accelerator banner before every run (and
+    every error), its advertising tip, and warnings about what cnnlab does on purpose (per-epoch logging, its
+    own on_after_batch_transfer, reusing the checkpoint folder)."""
+    warnings.filterwarnings("ignore", message=r".*(LeafSpec|log_every_n_steps|on_after_batch_transfer|exists "
+                                              r"and is not empty|module\(s\) in eval mode).*")
+    # torch's note on a pickle protocol while it refuses a hostile file: the refusal is cnnlab's one line
+    warnings.filterwarnings("ignore", message="Detected pickle protocol")
     banner = re.compile(r"^(GPU|TPU|HPU|IPU) available: |💡")
-    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda r: not banner.search(r.getMessage()))
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+        lambda r: not banner.search(r.getMessage()))
 
 
 def _omp_policy(command: str) -> None:
-    """Style transfer only, and before torch loads OpenMP. libgomp's threads spin while waiting for each other:
-    best on free cores, a collapse when the cores are already busy. Per evaluation on a 2-core box: 256 px at load
-    ~3.5, 2129 ms spinning vs 61 ms PASSIVE; 512 px at load ~1.3, 110-118 ms spinning vs 152-164 ms PASSIVE.
-    So PASSIVE only when the load already fills the cores."""
-    if command == "style" and "OMP_WAIT_POLICY" not in os.environ and os.getloadavg()[0] >= (os.cpu_count() or 1):
+    """Style transfer only, and before torch loads OpenMP. libgomp's threads spin while waiting for each
+    other: best on free cores, a collapse when the cores are already busy. Per evaluation on a 2-core box: 256
+    px at load ~3.5, 2129 ms spinning vs 61 ms PASSIVE; 512 px at load ~1.3, 110-118 ms spinning vs 152-164 ms
+    PASSIVE. So PASSIVE only when the load already fills the cores."""
+    if (command == "style" and "OMP_WAIT_POLICY" not in os.environ
+            and os.getloadavg()[0] >= (os.cpu_count() or 1)):
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
@@ -137,6 +144,10 @@ def main(argv: list[str] | None = None) -> None:
     rest = [a for a in rest if a != "--debug"]
     if debug:
         os.environ["HYDRA_FULL_ERROR"] = "1"
+    force = "--force" in rest  # `cnnlab params --force`: overwrite a params.yaml changed by hand
+    rest = [a for a in rest if a != "--force"]
+    if force and command != "params":
+        _fail(command, "--force applies to `cnnlab params` only")
     params, rest = _take(rest, "--params")
     run_name, rest = _take(rest, "--run")
     multirun = any(a in ("-m", "--multirun") for a in rest)
@@ -150,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     _quiet()
     _omp_policy(command)
     from cnnlab import schema
-    from cnnlab.config import conf_dir, load_params, select_run
+    from cnnlab.config import conf_dir, drift, load_params, select_run
     from cnnlab.errors import UserError
 
     original_argv = list(sys.argv)
@@ -161,13 +172,20 @@ def main(argv: list[str] | None = None) -> None:
         try:
             if not validated:  # composed elsewhere than in _validate (params file, sweep job): check it here
                 schema.validate(cfg, command, run_name)
+            # `dvc exp run -S` composes params.yaml itself; a plain `dvc repro` should find exactly conf/'s
+            if params is not None and not os.environ.get("DVC_EXP_NAME") and (keys := drift(cfg, params)):
+                logging.getLogger("cnnlab").warning(
+                    "%s is not the composition of conf/ (differs in %s): run `cnnlab params` to regenerate "
+                    "it, or put the change in conf/", params,
+                    ", ".join(keys[:6]) + (" …" if len(keys) > 6 else ""))
             cfg = select_run(cfg, run_name) if run_name else cfg
             if command in WRITES and cfg.out_dir is None and params is None:
                 from hydra.core.hydra_config import HydraConfig
 
                 cfg.out_dir = os.path.relpath(HydraConfig.get().runtime.output_dir)  # a new folder of its own
             # imported here, not before: `--cfg job` prints the config without loading torch
-            return importlib.import_module(f"cnnlab.stages.{command}").run(cfg)
+            stage = importlib.import_module(f"cnnlab.stages.{command}")
+            return stage.run(cfg, force=True) if force else stage.run(cfg)
         except UserError as e:
             if debug:
                 raise
@@ -187,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     # argparse (inside Hydra) rejects overrides on both sides of a flag: put all overrides first.
     overrides = [a for a in rest if "=" in a and not a.startswith("-")]
     flags = [a for a in rest if a not in overrides]
-    job_name = [] if any(o.startswith("hydra.job.name=") for o in overrides) else [f"hydra.job.name={command}"]
+    job_name = ([] if any(o.startswith("hydra.job.name=") for o in overrides)
+                else [f"hydra.job.name={command}"])
     sys.argv = [f"cnnlab-{command}", *job_name, *overrides, *flags]
     hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(task)()
 

@@ -28,14 +28,15 @@ def compose(overrides: list[str] | None = None, config_name: str = "config",
         return _compose(config_name, overrides=list(overrides or []), return_hydra_config=return_hydra_config)
 
 
-# Config groups a named run replaces whole (merging two different models' `net` nodes would mix their options).
+# Config groups a named run replaces whole (merging two different models' `net` nodes would mix their
+# options).
 GROUPS = ("data", "model", "optimizer", "scheduler", "train", "trainer")
 
 
 def for_run(name: str, run_keys: list[str], overrides: list[str]) -> list[str]:
-    """Overrides meant for the run `runs.<name>` (`--run NAME`): those of a section the run sets go to the run's
-    own copy (`trainer.max_epochs=1` → `runs.NAME.trainer.max_epochs=1`, `model=timm` → `model@runs.NAME.model=timm`);
-    the others, e.g. `data=...`, stay at the root, which the run inherits."""
+    """Overrides meant for the run `runs.<name>` (`--run NAME`): those of a section the run sets go to the
+    run's own copy (`trainer.max_epochs=1` → `runs.NAME.trainer.max_epochs=1`, `model=timm` →
+    `model@runs.NAME.model=timm`); the others, e.g. `data=...`, stay at the root, which the run inherits."""
     out = []
     for o in overrides:
         key, eq, value = o.partition("=")
@@ -63,14 +64,15 @@ def select_run(cfg: DictConfig, name: str) -> DictConfig:
     out = cfg.copy()
     with open_dict(out):
         for key, value in runs[name].items():
-            merge = key not in GROUPS and key in out and OmegaConf.is_dict(value) and OmegaConf.is_dict(out[key])
+            merge = (key not in GROUPS and key in out and OmegaConf.is_dict(value)
+                     and OmegaConf.is_dict(out[key]))
             out[key] = OmegaConf.merge(out[key], value) if merge else value
     return out
 
 
 def load_params(path: str | Path, overrides: list[str], run: str | None = None) -> DictConfig:
-    """A composed config file (params.yaml, which DVC writes from conf/) plus `key=value` overrides (of the run
-    `runs.<run>` where they name a section it sets)."""
+    """A composed config file (params.yaml, which DVC writes from conf/) plus `key=value` overrides (of the
+    run `runs.<run>` where they name a section it sets)."""
     from omegaconf import OmegaConf
 
     from cnnlab.errors import UserError
@@ -88,3 +90,42 @@ def load_params(path: str | Path, overrides: list[str], run: str | None = None) 
             raise UserError(f"unknown key {key!r} in {path} (prefix with + to add a new key)")
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.lstrip("+")]))
     return cfg
+
+
+def differing_keys(a: str, b: str) -> list[str]:
+    """Dotted keys whose values differ between two YAML documents."""
+    import yaml
+
+    def flat(node: object, prefix: str = "") -> dict:
+        if isinstance(node, dict) and node:
+            return {k: v for key, sub in node.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: node}
+
+    fa, fb = flat(yaml.safe_load(a) or {}), flat(yaml.safe_load(b) or {})
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k, "\0") != fb.get(k, "\0"))
+
+
+def params_record(cfg: DictConfig) -> Path:
+    """Where `cnnlab params` notes the sha256 of the params file it wrote last (runs/ is cnnlab's, not
+    git's)."""
+    return Path(cfg.paths.runs_dir) / f".{Path(cfg.paths.params_file).name}.sha256"
+
+
+def sha256_text(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def drift(cfg: DictConfig, path: str | Path) -> list[str]:
+    """Keys in which a params file differs from the composition of conf/, unless `cnnlab params` wrote it as
+    it is (with overrides, perhaps): a hand edit that `dvc repro` would use and `cnnlab params` would
+    revert."""
+    from omegaconf import OmegaConf
+
+    text, record = Path(path).read_text(), params_record(cfg)
+    if record.is_file() and record.read_text().strip() == sha256_text(text):
+        return []
+    conf = compose()
+    OmegaConf.resolve(conf)
+    return differing_keys(text, OmegaConf.to_yaml(conf))

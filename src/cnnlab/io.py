@@ -38,7 +38,8 @@ def md5_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success fsync and rename it over `path`, on error remove it."""
+    """Yield a temporary path beside `path`; on success fsync and rename it over `path`, on error remove
+    it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -69,7 +70,8 @@ def write_csv(rows: list[dict], path: str | Path) -> None:
 
 
 def write_figure(fig: Any, path: str | Path, dpi: int = 110) -> None:
-    """A matplotlib Figure as PNG, then cleared (no pyplot reference exists, so that is the whole of closing)."""
+    """A matplotlib Figure as PNG, then cleared (no pyplot reference exists, so that is the whole of
+    closing)."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")  # format: tmp ends in .tmp, not .png
     fig.clear()
@@ -109,7 +111,8 @@ def _swap(new: Path, path: Path) -> None:
 
 
 def replace_dirs(moves: dict[Path, Path], remove: tuple[Path, ...] | list[Path] = ()) -> None:
-    """Publish finished folders: each `new` replaces its destination whole; then the folders in `remove` go."""
+    """Publish finished folders: each `new` replaces its destination whole; then the folders in `remove`
+    go."""
     for new, path in moves.items():
         if new.exists():
             _swap(new, path)

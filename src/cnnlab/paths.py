@@ -4,7 +4,6 @@ root that anchors the MLflow store."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -13,8 +12,8 @@ from cnnlab.errors import UserError
 
 
 def project_root() -> Path:
-    """DVC's project root when DVC runs us (queued and --temp experiments run in a temporary copy that DVC deletes
-    afterwards; DVC_ROOT names the parent repo there), else the current directory."""
+    """DVC's project root when DVC runs us (queued and --temp experiments run in a temporary copy that DVC
+    deletes afterwards; DVC_ROOT names the parent repo there), else the current directory."""
     return Path(os.environ.get("DVC_ROOT") or ".").resolve()
 
 
@@ -28,45 +27,22 @@ def data_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.prepared_dir) / cfg.data.name
 
 
-@dataclass(frozen=True)
 class RunDir:
     """One run's folder: model/ (checkpoints and their provenance), train/ (metrics, history), eval/."""
 
-    root: Path
-
-    @property
-    def model(self) -> Path:
-        return self.root / "model"
-
-    @property
-    def best(self) -> Path:
-        return self.model / "best.ckpt"
-
-    @property
-    def last(self) -> Path:
-        return self.model / "last.ckpt"
-
-    @property
-    def run_json(self) -> Path:
-        return self.model / "run.json"
-
-    @property
-    def config(self) -> Path:
-        return self.model / "config.yaml"
-
-    @property
-    def train(self) -> Path:
-        return self.root / "train"
-
-    @property
-    def eval(self) -> Path:
-        return self.root / "eval"
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.model, self.train, self.eval = self.root / "model", self.root / "train", self.root / "eval"
+        self.best, self.last = self.model / "best.ckpt", self.model / "last.ckpt"
+        self.run_json, self.config = self.model / "run.json", self.model / "config.yaml"
 
 
 def out_dir(cfg: DictConfig) -> Path:
-    """Where this command writes: `out_dir`, which the CLI sets to Hydra's run folder when the user names none."""
+    """Where this command writes: `out_dir`, which the CLI sets to Hydra's run folder when the user names
+    none."""
     if cfg.get("out_dir") is None:
-        raise UserError("out_dir is not set: pass out_dir=<folder> (the DVC stages pass the pipeline's folders)")
+        raise UserError("out_dir is not set: pass out_dir=<folder> (the DVC stages pass the pipeline's "
+                        "folders)")
     return Path(cfg.out_dir)
 
 
@@ -75,8 +51,10 @@ def run_dir(cfg: DictConfig) -> RunDir:
 
 
 def latest_run(cfg: DictConfig, ckpt: str = "last.ckpt") -> Path | None:
-    """The newest run folder under paths.runs_dir (sweep jobs included) with model/<ckpt>: a hint for the user."""
-    newest = max(Path(cfg.paths.runs_dir).glob(f"**/model/{ckpt}"), key=lambda p: p.stat().st_mtime, default=None)
+    """The newest run folder under paths.runs_dir (sweep jobs included) with model/<ckpt>: a hint for the
+    user."""
+    newest = max(Path(cfg.paths.runs_dir).glob(f"**/model/{ckpt}"), key=lambda p: p.stat().st_mtime,
+                 default=None)
     return newest.parents[1] if newest else None
 
 

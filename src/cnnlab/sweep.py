@@ -1,6 +1,7 @@
-"""Hydra multirun (`cnnlab train -m ...`): one MLflow parent run per sweep with a nested child run per job, and a
-leaderboard (CSV + Markdown, printed) in the sweep folder. Works with any launcher (basic, joblib, submitit):
-each job writes to its own folder in the sweep folder and talks to the sweep only through files there."""
+"""Hydra multirun (`cnnlab train -m ...`): one MLflow parent run per sweep with a nested child run per job,
+and a leaderboard (CSV + Markdown, printed) in the sweep folder. Works with any launcher (basic, joblib,
+submitit): each job writes to its own folder in the sweep folder and talks to the sweep only through files
+there."""
 
 from __future__ import annotations
 
@@ -44,10 +45,12 @@ class SweepTracker(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         d = Path(config.hydra.sweep.dir)
         cfg = _task_cfg(config)
-        run_id = tracking.new_run(cfg, f"sweep-{d.name}", {"sweep.overrides": " ".join(config.hydra.overrides.task)},
-                                  {"sweep_id": d.name, "sweep_dir": str(d.resolve()), "dataset": cfg.data.name,
-                                   "model": cfg.model.name})
-        write_json(d / "sweep.json", {"parent_run_id": run_id, "overrides": list(config.hydra.overrides.task)})
+        run_id = tracking.new_run(cfg, f"sweep-{d.name}",
+                                  {"sweep.overrides": " ".join(config.hydra.overrides.task)},
+                                  {"sweep_id": d.name, "sweep_dir": str(d.resolve()),
+                                   "dataset": cfg.data.name, "model": cfg.model.name})
+        write_json(d / "sweep.json", {"parent_run_id": run_id,
+                                      "overrides": list(config.hydra.overrides.task)})
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus

@@ -1,5 +1,5 @@
-"""MLflow, in one place (the Lightning logger is in cnnlab.tasks.logger). Only global rank 0 talks to MLflow; a
-store that cannot be reached never stops a run: a warning says what was not logged, and the local files keep
+"""MLflow, in one place (the Lightning logger is in cnnlab.tasks.logger). Only global rank 0 talks to MLflow;
+a store that cannot be reached never stops a run: a warning says what was not logged, and the local files keep
 everything. Every run of the project lands in one store, tagged with what identifies it (git, DVC experiment,
 sweep, data hash)."""
 
@@ -20,13 +20,15 @@ from cnnlab.paths import anchored, sweep_dir
 log = logging.getLogger(__name__)
 
 # DVC's environment for the commands of its stages: which experiment and baseline a run belongs to.
-DVC_TAGS = {"dvc_exp_name": "DVC_EXP_NAME", "dvc_baseline_rev": "DVC_EXP_BASELINE_REV", "dvc_stage": "DVC_STAGE"}
+DVC_TAGS = {"dvc_exp_name": "DVC_EXP_NAME", "dvc_baseline_rev": "DVC_EXP_BASELINE_REV",
+            "dvc_stage": "DVC_STAGE"}
 
 
 def tracking_uri(cfg: DictConfig) -> str:
     """cfg.tracking.uri, else a SQLite store at an absolute path at the project root (MLflow ≥3.13 refuses the
     ./mlruns file store; a path relative to a DVC temporary workspace would be deleted with it)."""
-    # timeout: parallel sweep jobs share the SQLite file; wait for its lock instead of failing "database is locked"
+    # timeout: parallel sweep jobs share the SQLite file; wait for its lock instead of failing
+    # "database is locked"
     return cfg.tracking.uri or f"sqlite:///{anchored(cfg.paths.mlflow_db)}?timeout=60"
 
 
@@ -92,7 +94,8 @@ def usable_uri(cfg: DictConfig) -> str | None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
     uri = tracking_uri(cfg)
     if why := unreachable(uri):
-        log.warning("MLflow server %s unreachable (%s): this run is not tracked; local files are complete", uri, why)
+        log.warning("MLflow server %s unreachable (%s): this run is not tracked; local files are complete",
+                    uri, why)
         return None
     return uri
 
@@ -112,7 +115,8 @@ def experiment_id(cfg: DictConfig, uri: str) -> str:
         return exp.experiment_id
     exp_id = client.create_experiment(cfg.tracking.experiment, artifact_location=_artifact_location(cfg, uri))
     default = client.get_experiment("0")
-    if default.name == "Default" and default.lifecycle_stage == "active" and not client.search_runs(["0"], max_results=1):
+    if (default.name == "Default" and default.lifecycle_stage == "active"
+            and not client.search_runs(["0"], max_results=1)):
         client.delete_experiment("0")
     return exp_id
 
@@ -127,7 +131,8 @@ def new_run(cfg: DictConfig, name: str, params: dict[str, Any], tags: dict[str, 
 
     try:
         client = MlflowClient(uri)
-        run = client.create_run(experiment_id(cfg, uri), run_name=run_name(name), tags={**tags, **run_tags(cfg)})
+        run = client.create_run(experiment_id(cfg, uri), run_name=run_name(name),
+                                tags={**tags, **run_tags(cfg)})
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             client.log_batch(run.info.run_id, params=items[i:i + 100])
@@ -137,8 +142,8 @@ def new_run(cfg: DictConfig, name: str, params: dict[str, Any], tags: dict[str, 
         return None
 
 
-def log_run_files(cfg: DictConfig, run_id: str | None, files: dict[str, list[Path]], metrics: dict[str, float],
-                  finish: bool = False) -> None:
+def log_run_files(cfg: DictConfig, run_id: str | None, files: dict[str, list[Path]],
+                  metrics: dict[str, float], finish: bool = False) -> None:
     """Add metrics and artifacts to an existing run (used by stages after training, e.g. evaluate)."""
     if not cfg.tracking.enabled:
         return
@@ -168,7 +173,8 @@ def log_run_files(cfg: DictConfig, run_id: str | None, files: dict[str, list[Pat
 
 
 def training_runs(cfg: DictConfig, limit: int = 1000) -> list:
-    """The project's training runs in MLflow (they carry a data hash), newest first; [] when there is no store."""
+    """The project's training runs in MLflow (they carry a data hash), newest first; [] when there is no
+    store."""
     if (uri := usable_uri(cfg)) is None:
         return []
     from mlflow import MlflowClient

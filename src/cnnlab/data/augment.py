@@ -7,8 +7,9 @@ import torch.nn.functional as F
 
 
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 [B,C,H,W] → float, (x/255 - mean) / std per channel."""
-    return (images.float().div_(255) - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    """uint8 [B,C,H,W] (0–255) or float (0–1) → float, (x - mean) / std per channel on the [0, 1] scale."""
+    x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+    return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
 
 
 def random_crop(x: torch.Tensor, padding: int) -> torch.Tensor:
@@ -30,14 +31,14 @@ def random_flip(x: torch.Tensor) -> torch.Tensor:
 
 
 def image_bits(images: torch.Tensor) -> torch.Tensor:
-    """A fixed pseudo-random bit per uint8 image (parity of its pixel sum): the same image gets the same bit in
-    every epoch without the loader carrying indices."""
+    """A fixed pseudo-random bit per uint8 image (parity of its pixel sum): the same image gets the same bit
+    in every epoch without the loader carrying indices."""
     return images.view(len(images), -1).sum(1, dtype=torch.int64) & 1
 
 
 def alternating_flip(x: torch.Tensor, bits: torch.Tensor, epoch: int) -> torch.Tensor:
-    """airbench's flip: each image is mirrored in every other epoch (which half starts is `bits`), so two epochs
-    show both views of every image instead of a random 75%."""
+    """airbench's flip: each image is mirrored in every other epoch (which half starts is `bits`), so two
+    epochs show both views of every image instead of a random 75%."""
     flip = (bits ^ (epoch & 1)).bool()
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
@@ -50,15 +51,16 @@ def translate(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 
 def tta_logits(forward, x: torch.Tensor) -> torch.Tensor:
-    """Test-time augmentation (airbench): ½·mean(x, mirror x) + ¼·mean of the mirrored pair of each of the 1-px
-    shifts up-left and down-right: 6 forward passes, logits averaged."""
+    """Test-time augmentation (airbench): ½·mean(x, mirror x) + ¼·mean of the mirrored pair of each of the
+    1-px shifts up-left and down-right: 6 forward passes, logits averaged."""
     def mirrored(v):
         return 0.5 * (forward(v) + forward(v.flip(3)))
     return 0.5 * mirrored(x) + 0.25 * (mirrored(translate(x, -1, -1)) + mirrored(translate(x, 1, 1)))
 
 
 def cutout(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Zero a size×size square at a random centre per image (DeVries & Taylor 2017; may overlap the border)."""
+    """Zero a size×size square at a random centre per image (DeVries & Taylor 2017; may overlap the
+    border)."""
     b, _, h, w = x.shape
     top = torch.randint(0, h, (b, 1, 1), device=x.device) - size // 2
     left = torch.randint(0, w, (b, 1, 1), device=x.device) - size // 2

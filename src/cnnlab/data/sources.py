@@ -6,8 +6,10 @@ Readers look for the official files locally first (paths from config), then down
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
+import os
 import pickle
 import zlib
 from collections.abc import Callable
@@ -20,8 +22,7 @@ from omegaconf import DictConfig
 
 from cnnlab.data.archives import check_md5, extract
 from cnnlab.errors import UserError
-
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+from cnnlab.images import IMAGE_EXTS, chw, open_image, resize_square
 
 
 @dataclass
@@ -34,6 +35,39 @@ class Raw:
     source: dict = field(default_factory=dict)  # provenance recorded in the manifest
 
 
+def _count(cfg: DictConfig, key: str, least: int) -> int:
+    v = cfg.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < least:
+        raise UserError(f"data.{key}={v!r} must be an integer >= {least}")
+    return v
+
+
+def checked(reader: Callable[[DictConfig, Path], Raw]) -> Callable[[DictConfig, Path], Raw]:
+    """Refuse impossible data.* values at the data boundary, naming the key: before reading what the reader
+    takes (image_size, channels), after it the split sizes, which depend on how many images there are."""
+
+    @functools.wraps(reader)
+    def read(cfg: DictConfig, raw_dir: Path) -> Raw:
+        if "image_size" in cfg:
+            _count(cfg, "image_size", 1)
+        if "channels" in cfg and cfg.channels not in (1, 3):
+            raise UserError(f"data.channels={cfg.channels!r}: use 1 (grayscale) or 3 (RGB)")
+        # val_size 0 would train with NaN val metrics and never write best.ckpt
+        val = _count(cfg, "val_size", 1)
+        raw = reader(cfg, raw_dir)
+        n = len(raw.train_y)
+        if val >= n:
+            raise UserError(f"data.val_size={val} must be smaller than the {n} training images")
+        if raw.test_x is None:  # the test split is carved from what val leaves
+            test = _count(cfg, "test_size", 1)
+            if test >= n - val:
+                raise UserError(f"data.test_size={test} must be smaller than the {n - val} training images "
+                                f"left after data.val_size={val}")
+        return raw
+
+    return read
+
+
 def _download(cfg: DictConfig, raw_dir: Path, torchvision_name: str) -> None:
     """Fetch with torchvision into raw_dir; a clear error when offline."""
     import torchvision.datasets as tvd
@@ -42,7 +76,8 @@ def _download(cfg: DictConfig, raw_dir: Path, torchvision_name: str) -> None:
         getattr(tvd, torchvision_name)(root=str(raw_dir), train=True, download=True)
         getattr(tvd, torchvision_name)(root=str(raw_dir), train=False, download=True)
     except Exception as e:  # network errors come in many types (URLError, socket, HTTP, RuntimeError)
-        raise UserError(f"{cfg.name}: raw data not found locally and download failed ({type(e).__name__}: {e})") from e
+        raise UserError(f"{cfg.name}: raw data not found locally and download failed "
+                        f"({type(e).__name__}: {e})") from e
 
 
 # --- MNIST-like idx files -------------------------------------------------------------------------------
@@ -63,7 +98,8 @@ def _read_idx(path: Path, checksums: DictConfig | None) -> np.ndarray:
         ok = checksums[path.name]
         got_gz, got_raw = hashlib.md5(blob).hexdigest(), hashlib.md5(payload).hexdigest()
         if got_gz not in ok and got_raw not in ok:
-            raise UserError(f"checksum mismatch for {path}: md5 {got_gz} (payload {got_raw}), expected one of {list(ok)}")
+            raise UserError(f"checksum mismatch for {path}: md5 {got_gz} (payload {got_raw}), "
+                            f"expected one of {list(ok)}")
     if len(payload) < 8 or payload[:2] != b"\x00\x00" or payload[2] != 0x08:
         raise UserError(f"corrupt archive {path}: not an idx file of unsigned bytes")
     ndim = payload[3]
@@ -74,6 +110,7 @@ def _read_idx(path: Path, checksums: DictConfig | None) -> np.ndarray:
     return data.reshape(dims)
 
 
+@checked
 def read_mnist(cfg: DictConfig, raw_dir: Path) -> Raw:
     local = raw_dir / cfg.name
     candidates = [local, raw_dir / cfg.torchvision_name / "raw", *map(Path, cfg.get("system_dirs", []))]
@@ -99,14 +136,15 @@ def read_mnist(cfg: DictConfig, raw_dir: Path) -> Raw:
 # --- CIFAR python pickles ------------------------------------------------------------------------------
 
 
+@checked
 def read_cifar(cfg: DictConfig, raw_dir: Path) -> Raw:
     batches = raw_dir / cfg.folder
     archive = raw_dir / cfg.archive
     if not batches.is_dir():
         if not archive.is_file():
             if not cfg.download:
-                raise UserError(f"{cfg.name}: missing {archive} (or its extracted {batches}/) and download is off; "
-                                f"copy the official {cfg.archive} there")
+                raise UserError(f"{cfg.name}: missing {archive} (or its extracted {batches}/) and download "
+                                f"is off; copy the official {cfg.archive} there")
             try:
                 _download(cfg, raw_dir, cfg.torchvision_name)
             except UserError as e:
@@ -135,27 +173,21 @@ def read_cifar(cfg: DictConfig, raw_dir: Path) -> Raw:
         classes = pickle.load(f, encoding="latin1")[cfg.classes_key]
     train_x, train_y = load(cfg.train_files)
     test_x, test_y = load(cfg.test_files)
-    return Raw(train_x, train_y, test_x, test_y, list(classes), {"dir": str(batches), "archive_md5": cfg.archive_md5})
+    return Raw(train_x, train_y, test_x, test_y, list(classes),
+               {"dir": str(batches), "archive_md5": cfg.archive_md5})
 
 
 # --- image folders -------------------------------------------------------------------------------------
 
 
 def _decode(job: tuple[str, int, int]) -> np.ndarray | str:
-    """Decode one image to uint8 CHW at the target size; an error string instead of raising, so the
-    parent can name the file (and skip it when asked)."""
-    from PIL import Image
-
+    """Decode one image to uint8 CHW at the target size. Runs in worker processes: the error comes back as
+    its message, a string, so the parent decides whether to stop on the first bad file or skip them all."""
     path, size, channels = job
     try:
-        with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
-    except Exception as e:  # PIL raises many types for truncated/unknown files
-        return f"{type(e).__name__}: {e}"
-    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+        return chw(resize_square(open_image(path, channels), size))
+    except UserError as e:
+        return str(e)
 
 
 def _scan(split_dir: Path, classes: list[str] | None) -> tuple[list[str], list[Path], list[int]]:
@@ -163,6 +195,11 @@ def _scan(split_dir: Path, classes: list[str] | None) -> tuple[list[str], list[P
     if not dirs:
         raise UserError(f"no class folders in {split_dir} (expected {split_dir}/<class>/<image files>)")
     names = [d.name for d in dirs]
+    # Linux hands undecodable bytes over as surrogates: prepare would pass, evaluate's JSON and figures fail
+    for name in names:
+        if not name.isprintable() or name != name.encode("utf-8", "replace").decode("utf-8"):
+            raise UserError(f"class folder {os.fsencode(name)!r} in {split_dir} is not a printable UTF-8 "
+                            "name (class names go into the manifest, metrics and figures): rename it")
     if classes is not None and not set(names) <= set(classes):
         raise UserError(f"{split_dir} has classes not in train/: {sorted(set(names) - set(classes))}")
     classes = classes or names
@@ -176,7 +213,8 @@ def _scan(split_dir: Path, classes: list[str] | None) -> tuple[list[str], list[P
     return classes, files, labels
 
 
-def _load_images(files: list[Path], labels: list[int], cfg: DictConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _load_images(files: list[Path], labels: list[int],
+                 cfg: DictConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
     jobs = [(str(f), cfg.image_size, cfg.channels) for f in files]
     if cfg.num_workers > 1 and len(jobs) > 1000:
         with Pool(cfg.num_workers) as pool:
@@ -187,7 +225,7 @@ def _load_images(files: list[Path], labels: list[int], cfg: DictConfig) -> tuple
     if bad and not cfg.skip_bad_images:
         f, r = bad[0]
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise UserError(f"cannot read image {f}: {r}{more}; set data.skip_bad_images=true to skip bad images")
+        raise UserError(f"{r}{more}; set data.skip_bad_images=true to skip bad images")
     keep = [i for i, r in enumerate(out) if not isinstance(r, str)]
     if not keep:
         raise UserError(f"no readable images among {len(files)} files")
@@ -196,6 +234,7 @@ def _load_images(files: list[Path], labels: list[int], cfg: DictConfig) -> tuple
     return x, y, [str(f) for f, _ in bad]
 
 
+@checked
 def read_image_folder(cfg: DictConfig, raw_dir: Path) -> Raw:
     if cfg.root is None:
         raise UserError("image_folder needs data.root=<dir or archive with train/<class>/*.jpg>")
@@ -205,7 +244,8 @@ def read_image_folder(cfg: DictConfig, raw_dir: Path) -> Raw:
     if not (root / "train").is_dir():
         inner = [d for d in root.iterdir() if (d / "train").is_dir()] if root.is_dir() else []
         if len(inner) != 1:
-            raise UserError(f"no {root}/train/ folder (expected {root}/train/<class>/<images>, optional {root}/test/)")
+            raise UserError(f"no {root}/train/ folder (expected {root}/train/<class>/<images>, "
+                            f"optional {root}/test/)")
         root = inner[0]
     classes, files, labels = _scan(root / "train", None)
     train_x, train_y, bad = _load_images(files, labels, cfg)
@@ -221,6 +261,7 @@ def read_image_folder(cfg: DictConfig, raw_dir: Path) -> Raw:
 # --- synthetic (tests only) -----------------------------------------------------------------------------
 
 
+@checked
 def read_synthetic(cfg: DictConfig, raw_dir: Path) -> Raw:
     """Tiny learnable data FOR TESTS ONLY: each class is a fixed random low-frequency pattern plus noise."""
     rng = np.random.default_rng(cfg.seed)

@@ -7,9 +7,11 @@ import inspect
 from collections.abc import Sequence
 
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
 from cnnlab.errors import UserError
+from cnnlab.models.network import Network
+
+__all__ = ["Network", "build_model", "check_input_shape"]
 
 _GIVEN = ("in_shape", "num_classes")  # passed by build_model from the data, never written in config
 
@@ -18,7 +20,7 @@ def _fmt(shape: Sequence[int]) -> str:
     return "×".join(str(int(s)) for s in shape)
 
 
-def build_model(net_cfg: DictConfig, in_shape: Sequence[int], num_classes: int) -> nn.Module:
+def build_model(net_cfg: DictConfig, in_shape: Sequence[int], num_classes: int) -> Network:
     """Instantiate `model.net` (a `_target_` leaf) for images of in_shape (C, H, W)."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
@@ -31,6 +33,8 @@ def build_model(net_cfg: DictConfig, in_shape: Sequence[int], num_classes: int) 
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as e:
         raise UserError(f"model.net._target_ {target!r} cannot be imported ({e})") from None
+    if not (isinstance(cls, type) and issubclass(cls, Network)):  # the task relies on its contract
+        raise UserError(f"model.net._target_ {target!r} is not a cnnlab network (a cnnlab.models.Network)")
     # check options first: an unknown or missing one is the user's; Hydra's message buries it in a traceback
     params = inspect.signature(cls).parameters
     options = [str(k) for k in net_cfg if not str(k).startswith("_")]

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import UserError
+from cnnlab.models.network import Network
 
 POOLS = ("max", "avg", "stride", "none")
 HEADS = ("gap", "flatten")
@@ -53,7 +54,7 @@ class BasicBlock(nn.Module):
         return self.relu(self.body(x) + self.shortcut(x))
 
 
-class CNN(nn.Sequential):
+class CNN(nn.Sequential, Network):
     """VGG-like (residual=False) or ResNet-like (residual=True) net.
 
     Args:

@@ -1,6 +1,7 @@
-"""The `fast` net: airbench's ideas (arXiv 2404.00498) in cnnlab's terms — a frozen patch-whitening first conv set
-from the training data, then residual-free conv groups (conv → max pool → BN → GELU → conv → BN → GELU) with
-identity-initialised convs and weightless BN, global max pool, a bias-free linear head with scaled-down logits."""
+"""The `fast` net: airbench's ideas (arXiv 2404.00498) in cnnlab's terms — a frozen patch-whitening first conv
+set from the training data, then residual-free conv groups (conv → max pool → BN → GELU → conv → BN → GELU)
+with identity-initialised convs and weightless BN, global max pool, a bias-free linear head with scaled-down
+logits."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import UserError
+from cnnlab.models.network import Network
 
 
 def whitening_weights(images: torch.Tensor, k: int, eps: float) -> torch.Tensor:
-    """k×k patches of normalised images [N,C,H,W] → conv weights [2·C·k·k, C, k, k]: the eigenvectors of the patch
-    covariance scaled by 1/sqrt(eigenvalue + eps), and their negatives (so a following ReLU/GELU keeps both signs)."""
+    """k×k patches of normalised images [N,C,H,W] → conv weights [2·C·k·k, C, k, k]: the eigenvectors of the
+    patch covariance scaled by 1/sqrt(eigenvalue + eps), and their negatives (so a following ReLU/GELU keeps
+    both signs)."""
     c = images.shape[1]
     patches = F.unfold(images.double(), k).transpose(1, 2).reshape(-1, c * k * k)  # [N·L, C·k·k]
     cov = patches.T @ patches / len(patches)  # uncentred: the data is already normalised to mean ~0
@@ -25,7 +28,8 @@ def whitening_weights(images: torch.Tensor, k: int, eps: float) -> torch.Tensor:
 class Conv(nn.Conv2d):
     def __init__(self, c_in: int, c_out: int, identity_init: bool):
         super().__init__(c_in, c_out, 3, padding="same", bias=False)  # BN follows: a bias would be redundant
-        if identity_init:  # the first c_in filters pass their input through: a deep net starts near a shallow one
+        # the first c_in filters pass their input through: a deep net starts near a shallow one
+        if identity_init:
             torch.nn.init.dirac_(self.weight.data[: min(c_in, c_out)])
 
 
@@ -37,7 +41,7 @@ class BN(nn.BatchNorm2d):
         self.weight.requires_grad_(False)
 
 
-class FastNet(nn.Module):
+class FastNet(Network):
     """Args: widths per conv group (each halves the size); whiten_kernel: patch side of the whitening layer
     (2·C·k² output channels); whiten_eps: eigenvalue floor; init_images: training images the whitening is
     estimated from; bn_momentum in torch's convention; logit_scale multiplies the logits (airbench: 1/9)."""

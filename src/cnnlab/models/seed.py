@@ -8,6 +8,7 @@ from __future__ import annotations
 from torch import nn
 
 from cnnlab.models.builder import pooled_size, same_conv
+from cnnlab.models.network import Network
 
 
 def keras_init(model: nn.Module) -> nn.Module:
@@ -26,7 +27,7 @@ def _mlp_head(flat: int, hidden: int, num_classes: int, dropout: float = 0.0) ->
             nn.Linear(hidden, num_classes)]
 
 
-class SeedMLP(nn.Sequential):
+class SeedMLP(nn.Sequential, Network):
     """Flatten → Dense 512 relu → Dense 512 relu → Dense 10 (669,706 params on 1×28×28)."""
 
     def __init__(self, in_shape: tuple[int, int, int], num_classes: int, hidden: int = 512):
@@ -37,7 +38,7 @@ class SeedMLP(nn.Sequential):
         keras_init(self)
 
 
-class SeedMnistCNN(nn.Sequential):
+class SeedMnistCNN(nn.Sequential, Network):
     """Conv 32 → pool → Conv 64 → pool → Dense 64 → Dense 10, 3×3 "same" (220,234 params on 1×28×28)."""
 
     def __init__(self, in_shape: tuple[int, int, int], num_classes: int, hidden: int = 64):
@@ -49,7 +50,7 @@ class SeedMnistCNN(nn.Sequential):
         keras_init(self)
 
 
-class SeedCifarCNN(nn.Sequential):
+class SeedCifarCNN(nn.Sequential, Network):
     """Conv 16/32/64 "same", each + pool 2 → Dropout → Dense 500 → Dropout → Dense 10.
 
     541,094 params on 3×32×32 with kernel_size=3; 528,054 with 2 (padded right/bottom, as in Keras).

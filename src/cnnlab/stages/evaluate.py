@@ -1,10 +1,10 @@
 """Stage `evaluate`: a checkpoint (out_dir/model/best.ckpt, or evaluate.ckpt) + the prepared test split →
-out_dir/eval/ (metrics.json, confusion.json for `dvc plots`, figures/), written whole or not at all, and logged
-into the MLflow run that trained the checkpoint."""
+out_dir/eval/ (metrics.json: the summary `dvc exp show` compares; per_class.json; confusion.json for
+`dvc plots`; figures/), written whole or not at all, and
+logged into the MLflow run that trained the checkpoint."""
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
@@ -12,42 +12,18 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from cnnlab import evaluation as ev
 from cnnlab import tracking
-from cnnlab.data.augment import tta_logits
-from cnnlab.data.loader import TensorBatches
 from cnnlab.data.prepared import load_manifest, load_split, manifest_hash
 from cnnlab.errors import UserError
-from cnnlab.evaluation import (classification_metrics, confident_mistakes_png, confusion_matrix,
-                               confusion_matrix_png, prediction_grid_png, prediction_records,
-                               training_curves_png)
+from cnnlab.evaluation.inference import device_for, predict_logits
 from cnnlab.io import atomic_dir, write_json
 from cnnlab.models import check_input_shape
 from cnnlab.paths import data_dir, latest_run, run_dir
+from cnnlab.tasks.callbacks import read_history
 from cnnlab.tasks.classifier import Classifier
 
 log = logging.getLogger(__name__)
-
-
-def device_for(name: str) -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
-
-
-def load_classifier(path: str | Path, device: torch.device) -> Classifier:
-    if not Path(path).is_file():
-        raise UserError(f"no checkpoint {path} (train first, or pass evaluate.ckpt=<file>)")
-    try:  # weights_only: a checkpoint is data, never code
-        return Classifier.load_from_checkpoint(path, map_location=device, weights_only=True).eval()
-    except (RuntimeError, KeyError, EOFError) as e:
-        raise UserError(f"cannot load checkpoint {path}: {str(e).splitlines()[0]}") from e
-
-
-@torch.inference_mode()
-def predict_logits(model: Classifier, images: torch.Tensor, batch_size: int, tta: bool = False) -> torch.Tensor:
-    out = []
-    for x, y in TensorBatches(images, torch.zeros(len(images), dtype=torch.long), batch_size, shuffle=False):
-        x, _ = model.on_after_batch_transfer((x.to(model.device), y), 0)
-        out.append((tta_logits(model, x) if tta else model(x)).float().cpu())
-    return torch.cat(out)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -59,7 +35,7 @@ def run(cfg: DictConfig) -> dict:
         raise UserError(f"nothing to evaluate in {run.root}: pass out_dir=<a run folder>"
                         + (f" (the latest is {hint})" if hint else "") + " or evaluate.ckpt=<checkpoint>")
     device = device_for(e.device)
-    model = load_classifier(ckpt, device)
+    model = Classifier.load(ckpt, device)
     data = data_dir(cfg)
     manifest = load_manifest(data)
     check_input_shape(tuple(model.hparams.in_shape), tuple(manifest["image_shape"]))
@@ -67,9 +43,9 @@ def run(cfg: DictConfig) -> dict:
         raise UserError(f"checkpoint classes {list(model.hparams.class_names)[:5]}... differ from {data}'s "
                         f"{manifest['classes'][:5]}...; evaluate on the data the model was trained for")
     test = load_split(data, "test")
-    logits = predict_logits(model, test.images, e.batch_size, tta=e.get("tta", False))
+    logits = predict_logits(model, test.images, e.batch_size, tta=e.tta)
     names = manifest["classes"]
-    metrics = classification_metrics(logits, test.labels, names)
+    metrics = ev.classification_metrics(logits, test.labels, names)
 
     with atomic_dir(run.eval) as out:  # a failure on the way leaves the previous evaluation whole
         _write(cfg, out, model, test, logits, names, metrics, run.train / "history.csv")
@@ -77,8 +53,10 @@ def run(cfg: DictConfig) -> dict:
     run_json = ckpt.parent / "run.json"
     run_id = json.loads(run_json.read_text()).get("mlflow_run_id") if run_json.is_file() else None
     scalars = {f"test/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
-    tracking.log_run_files(cfg, run_id, {"eval": [run.eval / "metrics.json", run.eval / "confusion.json"],
-                                         "eval/figures": sorted((run.eval / "figures").glob("*.png"))}, scalars)
+    tracking.log_run_files(cfg, run_id, {"eval": [run.eval / f for f in ("metrics.json", "per_class.json",
+                                                                          "confusion.json")],
+                                         "eval/figures": sorted((run.eval / "figures").glob("*.png"))},
+                           scalars)
     log.info("test accuracy %.4f on %d images (data %s) → %s", metrics["accuracy"], metrics["num_samples"],
              manifest_hash(data), run.eval)
     return metrics
@@ -88,19 +66,25 @@ def _write(cfg: DictConfig, out: Path, model: Classifier, test, logits: torch.Te
            metrics: dict, history_csv: Path) -> None:
     e = cfg.evaluate
     probs, preds = logits.softmax(1), logits.argmax(1)
-    write_json(out / "metrics.json", metrics)
-    write_json(out / "confusion.json", prediction_records(preds, test.labels, names))
+    # per-class accuracy apart: as DVC metrics its one column per class would crowd out `dvc exp show`
+    write_json(out / "metrics.json", {k: v for k, v in metrics.items() if k != "per_class_accuracy"})
+    write_json(out / "per_class.json", {"accuracy": metrics["per_class_accuracy"]})
+    write_json(out / "confusion.json", ev.prediction_records(preds, test.labels, names))
     figs = out / "figures"
-    confusion_matrix_png(confusion_matrix(logits, test.labels, len(names)), names, figs / "confusion_matrix.png")
+    ev.confusion_matrix_png(ev.confusion_matrix(logits, test.labels, len(names)), names,
+                         figs / "confusion_matrix.png")
     pick = torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(cfg.seed))[: e.grid_size]
-    prediction_grid_png(test.images[pick], preds[pick], test.labels[pick], names, figs / "predictions.png",
+    ev.prediction_grid_png(test.images[pick], preds[pick], test.labels[pick], names, figs / "predictions.png",
                         title=f"{cfg.run_name}: test predictions, pred (true)")
-    confident_mistakes_png(test.images, probs, test.labels, names, figs / "mistakes.png", n=e.mistakes)
+    ev.confident_mistakes_png(test.images, probs, test.labels, names, figs / "mistakes.png", n=e.mistakes)
     if e.gradcam:  # what the model looks at, on the same random test images as the prediction grid
         from cnnlab.visualize import gradcam_grid_png
 
-        gradcam_grid_png(model, test.images[pick], test.labels[pick], names, figs / "gradcam.png", n=e.gradcam)
+        try:
+            gradcam_grid_png(model, test.images[pick], test.labels[pick], names, figs / "gradcam.png",
+                             n=e.gradcam)
+        except UserError as err:
+            # e.g. an MLP: nothing spatial to explain, and the evaluation stands without it
+            log.info("no Grad-CAM grid: %s", err)
     if history_csv.is_file():
-        with open(history_csv) as f:
-            rows = [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()} for r in csv.DictReader(f)]
-        training_curves_png(rows, figs / "curves.png")
+        ev.training_curves_png(read_history(history_csv), figs / "curves.png")

@@ -1,20 +1,47 @@
 """`cnnlab params`: write the composed config to params.yaml, exactly as DVC's Hydra composition does
-(`dvc exp run` does it itself; run this before a plain `dvc repro` after editing conf/)."""
+(`dvc exp run` does it itself; run this before a plain `dvc repro` after editing conf/).
+
+params.yaml is generated, so a change made to it by hand (or left by `dvc exp run -S`) would be lost without a
+word: such a file is not overwritten without --force, and the keys that differ are named."""
 
 from __future__ import annotations
 
 import logging
+import subprocess
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from cnnlab.config import differing_keys, params_record, sha256_text
+from cnnlab.errors import UserError
 from cnnlab.io import write_text
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig) -> dict:
+def _committed(path: Path) -> str | None:
+    """The file as git's HEAD has it, or None (no git, not committed)."""
+    try:
+        p = subprocess.run(["git", "show", f"HEAD:./{path}"], capture_output=True, text=True, timeout=10)
+    except OSError:
+        return None
+    return p.stdout if p.returncode == 0 else None
+
+
+def run(cfg: DictConfig, force: bool = False) -> dict:
     cfg = cfg.copy()
     OmegaConf.resolve(cfg)
-    write_text(cfg.paths.params_file, OmegaConf.to_yaml(cfg))
-    log.info("wrote %s", cfg.paths.params_file)
+    path, text = Path(cfg.paths.params_file), OmegaConf.to_yaml(cfg)
+    record = params_record(cfg)
+    old = path.read_text() if path.is_file() else None
+    ours = old is None or old == text or old == _committed(path) or (
+        record.is_file() and record.read_text().strip() == sha256_text(old))
+    if not ours and not force:
+        keys = differing_keys(old, text)
+        raise UserError(f"{path} was changed since it was generated (by hand or by `dvc exp run -S`) and "
+                        f"differs from conf/ in {', '.join(keys[:6])}{' …' if len(keys) > 6 else ''}: put "
+                        "the change in conf/ (or pass it as an override), or overwrite it with --force")
+    write_text(path, text)
+    write_text(record, sha256_text(text) + "\n")
+    log.info("wrote %s", path)
     return {}

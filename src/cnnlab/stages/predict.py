@@ -8,66 +8,39 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
-from PIL import Image
 
-from cnnlab.data.sources import IMAGE_EXTS
 from cnnlab.errors import UserError
+from cnnlab.images import center_crop, chw, image_files, open_image, resize_square
 
 
-def image_files(path: str | None) -> list[Path]:
-    if not path:
-        raise UserError("predict needs predict.image=<image file or folder>")
-    p = Path(path)
-    if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS)
-        if not files:
-            raise UserError(f"no image files in {p}")
-        return files
-    if not p.is_file():
-        raise UserError(f"image {p} does not exist")
-    return [p]
-
-
-def read_image(path: Path, channels: int, size: int, center_crop: float = 1.0) -> torch.Tensor:
-    """Any mode (RGBA, palette, grayscale, 16-bit) and size → uint8 [C, size, size]. With center_crop < 1 the
-    shorter side is resized to size / center_crop and the centre cut out (the ImageNet evaluation transform)."""
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-    except Exception as e:  # PIL raises many types for unreadable files
-        raise UserError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
-    if center_crop < 1.0:
-        short = round(size / center_crop)
-        w, h = im.size
-        im = im.resize((max(short, round(w * short / h)), max(short, round(h * short / w))), Image.Resampling.BICUBIC)
-        left, top = (im.size[0] - size) // 2, (im.size[1] - size) // 2
-        im = im.crop((left, top, left + size, top + size))
-    else:
-        im = im.resize((size, size), Image.Resampling.BILINEAR)
-    arr = np.array(im, dtype=np.uint8)  # a writable copy
-    return torch.from_numpy(arr[None] if channels == 1 else arr.transpose(2, 0, 1).copy())
+def _input(path: Path, channels: int, size: int, crop: float = 1.0) -> torch.Tensor:
+    """uint8 [C, size, size]: squashed like the prepared data, or with crop < 1 the ImageNet centre crop."""
+    im = open_image(path, channels)
+    return torch.from_numpy(chw(center_crop(im, size, crop) if crop < 1.0 else resize_square(im, size)))
 
 
 @torch.inference_mode()
 def run(cfg: DictConfig) -> dict:
     p = cfg.predict
+    if not p.image:
+        raise UserError("predict needs predict.image=<image file or folder>")
     files = image_files(p.image)
     if p.ckpt:
-        from cnnlab.stages.evaluate import device_for, load_classifier
+        from cnnlab.evaluation.inference import device_for
+        from cnnlab.tasks.classifier import Classifier
 
-        model = load_classifier(p.ckpt, device_for("auto"))
+        model = Classifier.load(p.ckpt, device_for("auto"))
         c, h, _ = model.hparams.in_shape
-        x = torch.stack([read_image(f, c, h) for f in files]).to(model.device)
-        x, _ = model.on_after_batch_transfer((x, None), 0)
+        x = torch.stack([_input(f, c, h) for f in files]).to(model.device)
+        x = model.preprocess(x)
         probs, names = model(x).float().softmax(1).cpu(), list(model.hparams.class_names)
     else:
         from cnnlab.models.pretrained import load_pretrained
 
         pre = load_pretrained(p.backbone, weights_path=p.weights_path)
-        x = torch.stack([read_image(f, 3, pre.input_size, p.center_crop) for f in files]).float() / 255
+        x = torch.stack([_input(f, 3, pre.input_size, p.center_crop) for f in files]).float() / 255
         mean, std = torch.tensor(pre.mean).view(1, 3, 1, 1), torch.tensor(pre.std).view(1, 3, 1, 1)
         probs, names = pre.net((x - mean) / std).softmax(1), pre.categories
     k = min(p.top_k, probs.shape[1])

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from cnnlab.data.prepared import SPLITS, save_split, stratified_split
+from cnnlab.data.prepared import SPLITS, exclusive_atomic_dir, save_split, stratified_split
 from cnnlab.data.sources import READERS
 from cnnlab.errors import UserError
-from cnnlab.io import atomic_dir, sha256_file, write_json
+from cnnlab.io import sha256_file, write_json
+from cnnlab.paths import data_dir
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +28,13 @@ def run(cfg: DictConfig) -> dict:
     if raw.test_x is not None:
         splits["test"] = (raw.test_x, raw.test_y)
     else:  # no official test split (e.g. an image folder without test/): carve one, seeded, disjoint from val
-        rest_idx, test_idx = stratified_split(raw.train_y[train_idx], d.test_size, d.split_seed + 1)
+        rest_idx, test_idx = stratified_split(raw.train_y[train_idx], d.test_size, d.split_seed + 1,
+                                              key="data.test_size")
         splits["test"] = splits["train"][0][test_idx], splits["train"][1][test_idx]
         splits["train"] = splits["train"][0][rest_idx], splits["train"][1][rest_idx]
 
-    out = Path(cfg.paths.prepared_dir) / d.name
-    with atomic_dir(out) as tmp:
+    out = data_dir(cfg)
+    with exclusive_atomic_dir(out) as tmp:  # also clears what a killed prepare of the same target left
         for name in SPLITS:
             save_split(tmp / f"{name}.safetensors", *splits[name])
         manifest = {
@@ -44,7 +46,8 @@ def run(cfg: DictConfig) -> dict:
             "split_seed": d.split_seed,
             "sizes": {k: int(len(v[1])) for k, v in splits.items()},
             "test_source": "official" if raw.test_x is not None else "carved from train",
-            "class_counts": {k: np.bincount(v[1], minlength=len(raw.classes)).tolist() for k, v in splits.items()},
+            "class_counts": {k: np.bincount(v[1], minlength=len(raw.classes)).tolist()
+                             for k, v in splits.items()},
             # per-channel statistics of the train split, in [0, 1] units: models normalise with these
             "mean": (splits["train"][0].mean(axis=(0, 2, 3), dtype=np.float64) / 255).round(6).tolist(),
             "std": (splits["train"][0].std(axis=(0, 2, 3), dtype=np.float64) / 255).round(6).tolist(),

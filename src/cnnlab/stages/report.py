@@ -1,8 +1,9 @@
-"""Stage `report`: one self-contained out_dir/index.html (images inlined) over every run of the pipeline — test
-metrics, curves, confusion matrix, predictions — and its style transfer, with the provenance of every number
-(git SHA, resolved config, data hash, MLflow run id). With report.history (not in the DVC stage, whose inputs
-they are not) also every training run recorded in MLflow — DVC experiments, sweeps, runs by hand — in one
-table with what differs between them, and every sweep's leaderboard."""
+"""Stage `report`: one self-contained out_dir/index.html (images inlined) over every run of the pipeline —
+test metrics, curves, confusion matrix, predictions — and its style transfer, with the provenance of every
+number (git SHA, resolved config, data hash, MLflow run id). With report.history (not in the DVC stage, whose
+inputs they are not) also every training run recorded in MLflow — DVC experiments, sweeps, runs by hand — in
+one table with what differs between them, and every sweep's leaderboard. Beside it, metrics.json: the
+pipeline's summary, its one DVC metrics file."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from omegaconf import DictConfig
 
 from cnnlab import tracking
 from cnnlab.config import select_run
-from cnnlab.io import write_text
+from cnnlab.io import write_json, write_text
 from cnnlab.paths import RunDir, out_dir
 
 log = logging.getLogger(__name__)
@@ -61,19 +62,22 @@ def _run_section(key: str, cfg: DictConfig) -> tuple[str, dict]:
                "epochs": tr.get("epochs"), "train time (s)": tr.get("time_s")}
     if not ev:
         return f"<h2>{html.escape(key)}</h2><p class=muted>not evaluated yet</p>", summary
-    per_class = [{"class": k, "accuracy": v} for k, v in ev.get("per_class_accuracy", {}).items()]
+    per_class = [{"class": k, "accuracy": v}
+                 for k, v in _json(run.eval / "per_class.json").get("accuracy", {}).items()]
     figs = run.eval / "figures"
     config = run.config.read_text() if run.config.is_file() else ""
     parts = [
         f"<h2>{html.escape(key)}: {html.escape(cfg.model.name)}</h2>",
         f"<p class=prov>{html.escape(str(run.root))} · git {html.escape(prov.get('git_sha', '?')[:12])}"
-        f"{' (dirty)' if prov.get('git_dirty') == 'True' else ''} · data {html.escape(prov.get('data_hash', '?'))}"
+        f"{' (dirty)' if prov.get('git_dirty') == 'True' else ''}"
+        f" · data {html.escape(prov.get('data_hash', '?'))}"
         f" · MLflow run {html.escape(str(prov.get('mlflow_run_id', 'not tracked')))}</p>",
         _table([{k: v for k, v in ev.items() if not isinstance(v, dict)}]),
         '<div class="figs">', _img(figs / "curves.png", "training curves"),
         _img(figs / "confusion_matrix.png", "confusion matrix (test)"),
         _img(figs / "predictions.png", "test predictions: pred (true), blue right, red wrong"),
-        _img(figs / "mistakes.png", "most confident mistakes"), _img(figs / "gradcam.png", "Grad-CAM"), "</div>",
+        _img(figs / "mistakes.png", "most confident mistakes"), _img(figs / "gradcam.png", "Grad-CAM"),
+        "</div>",
         f"<details><summary>per-class accuracy</summary>{_table(per_class)}</details>",
         f"<details><summary>resolved config</summary><pre>{html.escape(config)}</pre></details>",
     ]
@@ -118,14 +122,15 @@ def _experiments_section(cfg: DictConfig) -> str:
     for r, p in zip(runs, params):
         t, m = r.data.tags, r.data.metrics
         rows.append({"MLflow run": r.info.run_name, "started": _time(r.info.start_time),
-                     "DVC experiment": t.get("dvc_exp_name", ""), "baseline": t.get("dvc_baseline_rev", "")[:7],
-                     "sweep": t.get("sweep_id", ""),
+                     "DVC experiment": t.get("dvc_exp_name", ""),
+                     "baseline": t.get("dvc_baseline_rev", "")[:7], "sweep": t.get("sweep_id", ""),
                      "git": t.get("git_sha", "")[:7] + ("*" if t.get("git_dirty") == "True" else ""),
                      "differs": ", ".join(f"{k}={p[k]}" for k in varying if k in p),
                      "val/acc": m.get("val/acc"), "test/accuracy": m.get("test/accuracy"),
                      "status": r.info.status.lower(), "run id": r.info.run_id})
-    return (f"<h2>Experiments</h2><p class=prov>every training run in {html.escape(tracking.tracking_uri(cfg))}"
-            f" (newest first; * = uncommitted changes); open one with the MLflow UI</p>{_table(rows)}")
+    return (f"<h2>Experiments</h2><p class=prov>every training run in "
+            f"{html.escape(tracking.tracking_uri(cfg))} (newest first; * = uncommitted changes); open one "
+            f"with the MLflow UI</p>{_table(rows)}")
 
 
 def _time(ms: int) -> str:
@@ -135,17 +140,32 @@ def _time(ms: int) -> str:
 
 
 def run(cfg: DictConfig) -> dict:
-    pipeline = [("scratch", cfg)] + [(name, select_run(cfg, name)) for name in cfg.runs if name in cfg.pipeline]
+    pipeline = [("scratch", cfg)] + [(name, select_run(cfg, name)) for name in cfg.runs
+                                     if name in cfg.pipeline]
     sections, rows = zip(*(_run_section(key, c) for key, c in pipeline))
-    history = (_experiments_section(cfg) + _sweeps_section(Path(cfg.paths.runs_dir))) if cfg.report.history else ""
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>cnnlab report</title><style>{CSS}</style>
+    history = (_experiments_section(cfg) + _sweeps_section(Path(cfg.paths.runs_dir))
+               if cfg.report.history else "")
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>cnnlab report</title>\
+<style>{CSS}</style>
 </head><body><h1>cnnlab report</h1><p class=prov>data: {html.escape(cfg.data.name)}</p>
 <h2>The pipeline</h2>{_table(list(rows))}
 {''.join(sections)}
 {_style_section(Path(cfg.pipeline.style))}
 {history}
 </body></html>"""
-    out = out_dir(cfg) / "index.html"
-    write_text(out, page)
-    log.info("report → %s", out.resolve())
-    return {"runs": len(rows)}
+    out = out_dir(cfg)
+    write_text(out / "index.html", page)
+    summary = {key: _metrics(RunDir(Path(c.pipeline[key]))) for key, c in pipeline}
+    write_json(out / "metrics.json", summary)
+    log.info("report → %s", (out / "index.html").resolve())
+    return summary
+
+
+def _metrics(run: RunDir) -> dict:
+    """The numbers experiments are compared by. One file for the whole pipeline, each name once
+    (`scratch.test_accuracy`), so `dvc exp show` needs no file path in its column names."""
+    ev, tr = _json(run.eval / "metrics.json"), _json(run.train / "metrics.json")
+    pick = {"test_accuracy": ev.get("accuracy"), "test_macro_f1": ev.get("macro_f1"),
+            "test_loss": ev.get("loss"), "test_ece": ev.get("ece"), "best_val_acc": tr.get("best_val/acc"),
+            "epochs": tr.get("epochs"), "train_s": tr.get("time_s")}
+    return {k: v for k, v in pick.items() if v is not None}

@@ -1,9 +1,10 @@
-"""Stage `train`: prepared data + model/optimizer/scheduler/trainer config → checkpoints, history, one MLflow run.
+"""Stage `train`: prepared data + model/optimizer/scheduler/trainer config → checkpoints, history, one MLflow
+run.
 
-Outputs (rank 0), in out_dir: model/{best,last}.ckpt, run.json (provenance: MLflow run id, git, DVC experiment,
-data hash) and config.yaml; train/{metrics.json,history.csv}. The run trains in out_dir/.partial/ and replaces
-model/ and train/ only when it succeeds, so a failed or refused run leaves an existing run as it was. Returns
-the best monitored value (for sweepers).
+Outputs (rank 0), in out_dir: model/{best,last}.ckpt, run.json (provenance: MLflow run id, git, DVC
+experiment, data hash) and config.yaml; train/{metrics.json,history.csv}. The run trains in out_dir/.partial/
+and replaces model/ and train/ only when it succeeds, so a failed or refused run leaves an existing run as it
+was. Returns the best monitored value (for sweepers).
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ import logging
 import shutil
 import sys
 import time
+from pathlib import Path
 
 import pytorch_lightning as pl
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from pytorch_lightning.utilities import rank_zero_only
 
 from cnnlab import sweep, tracking
@@ -26,51 +26,17 @@ from cnnlab.data.prepared import load_manifest, load_split, manifest_hash
 from cnnlab.errors import UserError
 from cnnlab.io import replace_dirs, write_json, write_text
 from cnnlab.paths import RunDir, data_dir, latest_run, run_dir
-from cnnlab.tasks.callbacks import EpochHistory, GradualUnfreeze
-from cnnlab.tasks.classifier import Classifier, InferenceNet
-from cnnlab.tasks.ema import WeightAveraging
-from cnnlab.tasks.logger import log_model, make_logger
+from cnnlab.tasks import callbacks
+from cnnlab.tasks.checkpoint import check_checkpoint
+from cnnlab.tasks.classifier import Classifier
+from cnnlab.tasks.logger import SafeMLFlowLogger, log_model, make_logger
 
 log = logging.getLogger(__name__)
 
 
-def _best_from_history(path, monitor: str, mode: str) -> float:
-    import csv
-
-    with open(path) as f:
-        values = [float(r[monitor]) for r in csv.DictReader(f) if r.get(monitor)]
-    return (max if mode == "max" else min)(values) if values else float("nan")
-
-
-def _staging(cfg: DictConfig, run: RunDir) -> RunDir:
-    """Where this run trains: out_dir/.partial/, a fresh one, or on resume the unfinished one (or a copy of the
-    finished run, to train it further). Rank 0 prepares it before the other ranks can read it."""
-    stage = RunDir(run.root / ".partial")
-    if rank_zero_only.rank != 0:
-        return stage
-    if not cfg.resume:
-        shutil.rmtree(stage.root, ignore_errors=True)
-        return stage
-    if not stage.last.is_file():
-        if not run.last.is_file():
-            hint = latest_run(cfg)
-            raise UserError(f"resume=true but there is no {run.last}: pass out_dir=<the run folder to continue>"
-                            + (f" (the latest is {hint})" if hint else ""))
-        shutil.rmtree(stage.root, ignore_errors=True)
-        shutil.copytree(run.model, stage.model)
-        if run.train.is_dir():
-            shutil.copytree(run.train, stage.train)
-    if stage.config.is_file():  # a resumed run must be the same experiment, or its checkpoint lies about it
-        saved = OmegaConf.to_container(OmegaConf.load(stage.config))
-        now = OmegaConf.to_container(cfg, resolve=True)
-        for key in ("data", "model"):
-            if saved.get(key) != now[key]:
-                raise UserError(f"resume=true: {key} differs from the run's ({stage.config}); resume with the "
-                                "same settings, or train a new run without resume=true")
-    return stage
-
-
 def run(cfg: DictConfig) -> float:
+    """Compose the model, data, logger and callbacks from cfg → fit → record the run. Returns the best
+    monitored value."""
     t0 = time.perf_counter()
     if sweep.sweep_dir() is not None and cfg.trainer.strategy == "ddp" and cfg.trainer.devices != 1:
         raise UserError("strategy=ddp inside a multirun re-launches the whole sweep in every process (a "
@@ -79,58 +45,25 @@ def run(cfg: DictConfig) -> float:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = data_dir(cfg)
     manifest = load_manifest(data)
-    run = run_dir(cfg)
+    run, t = run_dir(cfg), cfg.train
     stage = _staging(cfg, run)
-    t = cfg.train
-    model = Classifier(
-        net=OmegaConf.to_container(cfg.model.net, resolve=True), in_shape=tuple(manifest["image_shape"]),
-        num_classes=manifest["num_classes"], class_names=manifest["classes"], mean=manifest["mean"],
-        std=manifest["std"], optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler) if cfg.scheduler else None, label_smoothing=t.label_smoothing,
-        crop_padding=t.augment.crop_padding, flip=t.augment.flip, alternate_flip=t.augment.alternate_flip,
-        cutout=t.augment.cutout, channels_last=t.channels_last, compile=t.compile, seed=cfg.seed)
-    batches = PreparedData(str(data), t.batch_size, t.eval_batch_size, seed=cfg.seed, drop_last=t.drop_last,
-                           per_class=t.per_class, subset_seed=t.subset_seed)
-
+    model = Classifier.from_config(cfg, manifest)
+    batches = PreparedData.from_config(t, str(data), cfg.seed)
     resumed = json.loads(stage.run_json.read_text()) if cfg.resume and stage.run_json.is_file() else {}
     mlflow_logger = make_logger(cfg, run_id=resumed.get("mlflow_run_id"), parent_run_id=sweep.parent_run_id())
     tty = sys.stdout.isatty()
-    callbacks = [
-        EpochHistory(stage.train / "history.csv", print_lines=not tty),
-        # saved at train-epoch end, after validation and after EpochHistory, so the history rides along
-        ModelCheckpoint(dirpath=stage.model, filename="best", monitor=t.monitor, mode=t.monitor_mode,
-                        save_last=True, save_on_train_epoch_end=True, enable_version_counter=False),
-    ]
-    if tty:
-        callbacks.append(RichProgressBar())
-    if cfg.model.net.get("mode") == "gradual":
-        callbacks.append(GradualUnfreeze())
-    if t.average.mode:
-        callbacks.append(WeightAveraging(t.average.mode, t.average.every, t.average.decay, t.average.warmup_power))
-    if t.early_stopping_patience:
-        callbacks.append(EarlyStopping(monitor=t.monitor, mode=t.monitor_mode, patience=t.early_stopping_patience))
-    if mlflow_logger:
-        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     # plain containers: Lightning type-checks some values (max_time as a dict, devices as a list)
     trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), deterministic=cfg.deterministic,
-                         logger=mlflow_logger or False, callbacks=callbacks, enable_progress_bar=tty,
-                         enable_model_summary=False, default_root_dir=str(stage.root))
-
+                         logger=mlflow_logger or False, callbacks=callbacks.from_config(cfg, stage, tty),
+                         enable_progress_bar=tty, enable_model_summary=False,
+                         default_root_dir=str(stage.root))
     if trainer.is_global_zero:  # side effects on rank 0 only
-        state = {"run_name": cfg.run_name, "data_dir": str(data), "data_hash": manifest_hash(data),
-                 **tracking.run_tags(cfg)}
-        if mlflow_logger:
-            state["mlflow_run_id"] = mlflow_logger.run_id  # creates the run (or reopens it on resume)
-            mlflow_logger.log_hyperparams({k: v for k, v in tracking.flatten(cfg).items() if k != "resume"})
-            mlflow_logger.set_tags({"data_hash": state["data_hash"]})
-        write_json(stage.run_json, state)
-        write_text(stage.config, OmegaConf.to_yaml(cfg, resolve=True))
-
+        _provenance(cfg, stage, data, mlflow_logger)
     trainer.fit(model, datamodule=batches, ckpt_path=str(stage.last) if cfg.resume else None)
 
     ckpt = trainer.checkpoint_callback
     best = float(ckpt.best_model_score) if ckpt.best_model_score is not None else _best_from_history(
-        stage.train / "history.csv", t.monitor, t.monitor_mode)  # ddp_spawn does not send the score back
+        stage, t.monitor, t.monitor_mode)  # ddp_spawn does not send the score back
     if trainer.is_global_zero:
         metrics = {f"best_{t.monitor}": best, "epochs": trainer.current_epoch,
                    "global_steps": trainer.global_step, "time_s": round(time.perf_counter() - t0, 2),
@@ -140,10 +73,65 @@ def run(cfg: DictConfig) -> float:
         replace_dirs({stage.model: run.model, stage.train: run.train}, remove=[run.eval])
         shutil.rmtree(stage.root, ignore_errors=True)
         if mlflow_logger:
-            for f, sub in ((run.config, None), (run.best, "checkpoints"), (run.train / "history.csv", None)):
-                mlflow_logger.log_artifact(f, sub)
-            best_model = Classifier.load_from_checkpoint(run.best, map_location="cpu", weights_only=True)
-            example = load_split(data, "val").images[:2].float().div(255).numpy()
-            log_model(mlflow_logger, InferenceNet(best_model.net, manifest["mean"], manifest["std"]).eval(), example)
+            _log_outputs(mlflow_logger, run, data)
         log.info("best %s %.4f → %s (%.1f s)", t.monitor, best, run.best, metrics["time_s"])
     return best
+
+
+def _staging(cfg: DictConfig, run: RunDir) -> RunDir:
+    """Where this run trains: out_dir/.partial/, a fresh one, or on resume the unfinished one (or a copy of
+    the finished run, to train it further). Everything a resume could refuse is checked before anything is
+    written. Rank 0 prepares it before the other ranks can read it."""
+    stage = RunDir(run.root / ".partial")
+    if rank_zero_only.rank != 0:
+        return stage
+    if not cfg.resume:
+        shutil.rmtree(stage.root, ignore_errors=True)
+        return stage
+    source = stage if stage.last.is_file() else run  # the unfinished run, else the finished one
+    if not source.last.is_file():
+        hint = latest_run(cfg)
+        raise UserError(f"resume=true but there is no {run.last}: pass out_dir=<the run folder to "
+                        "continue>" + (f" (the latest is {hint})" if hint else ""))
+    check_checkpoint(source.last)  # a corrupt last.ckpt: one line and the way out, not a traceback
+    if source.config.is_file():  # a resumed run must be the same experiment, or its checkpoint lies about it
+        saved = OmegaConf.to_container(OmegaConf.load(source.config))
+        now = OmegaConf.to_container(cfg, resolve=True)
+        for key in ("data", "model"):
+            if saved.get(key) != now[key]:
+                raise UserError(f"resume=true: {key} differs from the run's ({source.config}); resume with "
+                                "the same settings, or train a new run without resume=true")
+    if source is run:  # on a copy: the run stays as it was until the resumed one succeeds
+        shutil.rmtree(stage.root, ignore_errors=True)
+        shutil.copytree(run.model, stage.model)
+        if run.train.is_dir():
+            shutil.copytree(run.train, stage.train)
+    return stage
+
+
+def _best_from_history(stage: RunDir, monitor: str, mode: str) -> float:
+    rows = callbacks.read_history(stage.train / "history.csv")
+    values = [r[monitor] for r in rows if r.get(monitor) is not None]
+    return (max if mode == "max" else min)(values) if values else float("nan")
+
+
+def _provenance(cfg: DictConfig, stage: RunDir, data: Path, mlflow_logger: SafeMLFlowLogger | None) -> None:
+    """run.json (MLflow run id, git, DVC experiment, data hash) and the resolved config, beside the
+    checkpoints."""
+    state = {"run_name": cfg.run_name, "data_dir": str(data), "data_hash": manifest_hash(data),
+             **tracking.run_tags(cfg)}
+    if mlflow_logger:
+        state["mlflow_run_id"] = mlflow_logger.run_id  # creates the run (or reopens it on resume)
+        mlflow_logger.log_hyperparams({k: v for k, v in tracking.flatten(cfg).items() if k != "resume"})
+        mlflow_logger.set_tags({"data_hash": state["data_hash"]})
+    write_json(stage.run_json, state)
+    write_text(stage.config, OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def _log_outputs(mlflow_logger: SafeMLFlowLogger, run: RunDir, data: Path) -> None:
+    """The finished run's config, best checkpoint, history and an MLflow model (float [0, 1] images →
+    logits)."""
+    for f, sub in ((run.config, None), (run.best, "checkpoints"), (run.train / "history.csv", None)):
+        mlflow_logger.log_artifact(f, sub)
+    example = load_split(data, "val").images[:2].float().div(255).numpy()
+    log_model(mlflow_logger, Classifier.load(run.best).inference_net().eval(), example)

@@ -11,17 +11,26 @@ import logging
 from pathlib import Path
 
 import matplotlib
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 
 from cnnlab.errors import UserError
+from cnnlab.images import chw, image_files, open_image, resize_square, thumbnail
 from cnnlab.paths import data_dir, out_dir
 from cnnlab.visualize import explain_png
-from cnnlab.visualize.explain import (Subject, activations, check_layers, class_index, default_feature_layers,
-                                      filter_image, first_conv, from_classifier, from_pretrained,
-                                      kernels_from_config, model_tag)
+from cnnlab.visualize.explain import (
+    Subject,
+    activations,
+    check_layers,
+    class_index,
+    default_feature_layers,
+    filter_image,
+    first_conv,
+    from_classifier,
+    from_pretrained,
+    kernels_from_config,
+    model_tag,
+)
 from cnnlab.visualize.figures import feature_maps_png, filters_png, kernels_png
 
 log = logging.getLogger(__name__)
@@ -29,26 +38,13 @@ WHATS = ("kernels", "filters", "feature_maps", "gradcam", "saliency")
 GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
 
 
-def read_photo(path: Path, max_side: int) -> torch.Tensor:
-    """An image file → uint8 [C,H,W] (C = 1 for greyscale files, else 3), aspect kept, longer side ≤ max_side."""
-    if not path.is_file():
-        raise UserError(f"image {path} does not exist")
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB")
-    except Exception as e:  # PIL raises many types for unreadable files
-        raise UserError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
-    im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    arr = np.array(im, dtype=np.uint8)
-    return torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
-
-
 def _subject(v: DictConfig) -> Subject:
-    from cnnlab.stages.evaluate import device_for, load_classifier
+    from cnnlab.evaluation.inference import device_for
+    from cnnlab.tasks.classifier import Classifier
 
     device = device_for(v.device)
     if v.ckpt:
-        return from_classifier(load_classifier(v.ckpt, device), model_tag(v.ckpt))
+        return from_classifier(Classifier.load(v.ckpt, device), model_tag(v.ckpt))
     from cnnlab.models.pretrained import load_pretrained
 
     return from_pretrained(load_pretrained(v.backbone, weights_path=v.weights_path), device, v.backbone)
@@ -58,17 +54,17 @@ def _images(cfg: DictConfig, s: Subject) -> tuple[torch.Tensor, torch.Tensor | N
     """(uint8 images at the model's input size, true labels or None, a name for the output file)."""
     from cnnlab.data.prepared import load_manifest, load_split
     from cnnlab.models import check_input_shape
-    from cnnlab.stages.predict import image_files, read_image
 
     v = cfg.visualize
     if v.image or not v.ckpt:
         path = Path(v.image) if v.image else GRACE_HOPPER
-        files = image_files(str(path))
+        files = image_files(path)
         if len(files) > v.num_images:
             log.info("%s holds %d images: explaining the first %d (visualize.num_images)", path, len(files),
                      v.num_images)
-        return torch.stack([read_image(f, s.in_shape[0], s.in_shape[1]) for f in files[: v.num_images]]), None, \
-            path.stem
+        c, size = s.in_shape[:2]
+        x = [torch.from_numpy(chw(resize_square(open_image(f, c), size))) for f in files[: v.num_images]]
+        return torch.stack(x), None, path.stem
     data = data_dir(cfg)
     manifest = load_manifest(data)
     check_input_shape(s.in_shape, manifest["image_shape"])
@@ -87,13 +83,13 @@ def run(cfg: DictConfig) -> dict:
     out = out_dir(cfg) / v.what
     if v.what == "kernels":
         path = Path(v.image) if v.image else GRACE_HOPPER
-        img = read_photo(path, v.image_size)
+        img = torch.from_numpy(chw(thumbnail(open_image(path), v.image_size)))  # grey files stay grey
         kernels = kernels_from_config(OmegaConf.to_container(v.kernels) if OmegaConf.is_config(v.kernels)
                                       else v.kernels)
         f = out / f"{path.stem}.png"
         kernels_png(img, kernels, {n: filter_image(img, k) for n, k in kernels.items()}, f,
-                    f"{path.name}, {img.shape[2]}×{img.shape[1]} px: each colour channel cross-correlated with "
-                    "a kernel, as a conv layer does", v.dpi)
+                    f"{path.name}, {img.shape[2]}×{img.shape[1]} px: each colour channel cross-correlated "
+                    "with a kernel, as a conv layer does", v.dpi)
         result = {}
     else:
         s = _subject(v)

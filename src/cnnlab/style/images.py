@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cnnlab.errors import UserError
+from cnnlab.images import chw, fit_long_side, open_image, to_mode
 from cnnlab.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def _sample(spec: str) -> Image.Image:
                             f"{', '.join('mpl:' + k for k in MPL_SAMPLES)}")
         from matplotlib import cbook
 
-        return Image.open(cbook.get_sample_data(MPL_SAMPLES[name]))
+        return open_image(cbook.get_sample_data(MPL_SAMPLES[name], asfileobj=False), 3)
     if name not in SKIMAGE_BUNDLED:
         raise UserError(f"image {spec!r} is not one of scikit-image's bundled samples (others need a "
                         f"download): {', '.join(SKIMAGE_BUNDLED)}")
@@ -52,24 +53,7 @@ def _sample(spec: str) -> Image.Image:
     except ImportError:
         raise UserError(f"image {spec!r} needs scikit-image: `pip install scikit-image`") from None
     arr = np.asarray(getattr(skimage.data, name)())
-    return Image.fromarray(arr.astype(np.uint8) * 255 if arr.dtype == bool else arr)
-
-
-def _to_rgb(im: Image.Image, spec: str) -> Image.Image:
-    """Any PIL mode → RGB. Transparency is composited over white (dropping alpha would expose whatever colour
-    the transparent pixels happen to store, often black); 16-bit and float greys are rescaled, not clipped."""
-    mode = im.mode
-    if mode == "RGB":
-        return im
-    if mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        a = np.asarray(im, dtype=np.float64)
-        lo, hi = a.min(), a.max()
-        im = Image.fromarray(((a - lo) / max(hi - lo, 1e-12) * 255).round().astype(np.uint8))
-    elif im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        im = im.convert("RGBA")
-        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im)
-    log.info("%s: %s image converted to RGB", spec, mode)
-    return im.convert("RGB")
+    return to_mode(Image.fromarray(arr.astype(np.uint8) * 255 if arr.dtype == bool else arr), 3)
 
 
 def load_image(spec: str, long_side: int, min_side: int) -> tuple[torch.Tensor, str]:
@@ -77,26 +61,16 @@ def load_image(spec: str, long_side: int, min_side: int) -> tuple[torch.Tensor, 
     The short side is raised to `min_side` when the aspect ratio would make it smaller."""
     if spec.startswith(("skimage:", "mpl:")):
         im = _sample(spec)
+    elif ":" in spec and not Path(spec).expanduser().is_file():  # most likely a mistyped sample
+        raise UserError(f"image {spec} does not exist (samples: skimage:<name> or mpl:grace_hopper)")
     else:
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise UserError(f"image {spec} does not exist" + (" (samples: skimage:<name> or mpl:grace_hopper)"
-                                                               if ":" in spec else ""))
-        try:
-            im = Image.open(path)
-            im.load()
-        except (OSError, ValueError, Image.DecompressionBombError) as e:  # truncated, not an image, too big
-            raise UserError(f"cannot read image {spec}: {type(e).__name__}: {e}") from None
-    im = _to_rgb(im, spec)
+        im = open_image(spec, 3)
     digest = hashlib.sha256(im.tobytes()).hexdigest()
     w, h = im.size
-    s = long_side / max(w, h)
-    size = (max(round(w * s), min_side), max(round(h * s), min_side))
+    im = fit_long_side(im, long_side, min_side)
     if min(w, h) < min_side:
-        log.warning("%s is only %d×%d px: upscaled to %d×%d, expect a blurry result", spec, w, h, *size)
-    im = im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)  # reducing_gap: fast, still antialiased
-    arr = np.asarray(im, dtype=np.float32) / 255
-    return torch.from_numpy(arr.transpose(2, 0, 1).copy()), digest
+        log.warning("%s is only %d×%d px: upscaled to %d×%d, expect a blurry result", spec, w, h, *im.size)
+    return torch.from_numpy(chw(im).astype(np.float32) / 255), digest
 
 
 def resize(img: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

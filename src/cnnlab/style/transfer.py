@@ -75,8 +75,8 @@ def _losses(feats: Callable, P: dict, A: dict, s: Settings, img: torch.Tensor) -
 
 def _fit(x: torch.Tensor, losses: Callable, s: Settings, scale: int, history: list[dict], total: int,
          progress: Callable | None) -> int:
-    """Optimise the pixels `x` in place for s.iterations evaluations, appending to `history`; leaves `x` at the
-    best image seen. Returns how many runaways were undone."""
+    """Optimise the pixels `x` in place for s.iterations evaluations, appending to `history`; leaves `x` at
+    the best image seen. Returns how many runaways were undone."""
     best = {"total": float("inf"), "x": None}
     end = len(history) + s.iterations
 
@@ -84,7 +84,8 @@ def _fit(x: torch.Tensor, losses: Callable, s: Settings, scale: int, history: li
         opt.zero_grad(set_to_none=True)
         out = losses(x)
         out["total"].backward()
-        row = {"scale": scale, "iteration": len(history) + 1, **{k: float(v.detach()) for k, v in out.items()}}
+        row = {"scale": scale, "iteration": len(history) + 1,
+               **{k: float(v.detach()) for k, v in out.items()}}
         history.append(row)
         if row["total"] < best["total"]:
             best.update(total=row["total"], x=x.detach().clone())

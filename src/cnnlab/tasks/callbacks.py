@@ -1,23 +1,50 @@
-"""Callbacks shared by every training run."""
+"""The callbacks of a training run, built from config in one place (`from_config`). Epochs count from 1 in
+everything a person reads: history.csv, the log line, the progress bar and MLflow's per-epoch steps."""
 
 from __future__ import annotations
 
+import csv
 import logging
 import time
 from pathlib import Path
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import BaseFinetuning
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import BaseFinetuning, EarlyStopping, ModelCheckpoint, RichProgressBar
 
 from cnnlab.io import write_csv
+from cnnlab.paths import RunDir
+from cnnlab.tasks.ema import WeightAveraging
 
 log = logging.getLogger(__name__)
 
 
+def from_config(cfg: DictConfig, stage: RunDir, tty: bool) -> list[pl.Callback]:
+    """The callbacks a `train` run asks for; history and checkpoints go to `stage` (the run's .partial/)."""
+    t, net = cfg.train, cfg.model.net
+    callbacks: list[pl.Callback] = [
+        EpochHistory(stage.train / "history.csv", print_lines=not tty),
+        # saved at train-epoch end, after validation and after EpochHistory, so the history rides along
+        ModelCheckpoint(dirpath=stage.model, filename="best", monitor=t.monitor, mode=t.monitor_mode,
+                        save_last=True, save_on_train_epoch_end=True, enable_version_counter=False),
+    ]
+    if tty:
+        callbacks.append(EpochProgressBar())
+    if net.get("mode") == "gradual":  # TransferNet's phases; their settings sit beside it in model.net
+        callbacks.append(GradualUnfreeze(net.unfreeze_every, net.backbone_lr_scale,
+                                         train_bn=not net.freeze_bn))
+    if (a := t.average).mode:
+        callbacks.append(WeightAveraging(a.mode, a.every, a.decay, a.warmup_power))
+    if t.early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor=t.monitor, mode=t.monitor_mode,
+                                       patience=t.early_stopping_patience))
+    return callbacks
+
+
 class EpochHistory(pl.Callback):
-    """Per-epoch metrics → an atomically rewritten CSV (for `dvc plots` and the report), and one plain log line
-    per epoch when there is no progress bar (CI, DVC). Its rows live in the checkpoint, so a resumed run
-    continues the same history."""
+    """Per-epoch metrics → an atomically rewritten CSV (for `dvc plots` and the report), the loggers (MLflow,
+    at step = epoch), and one plain log line per epoch when there is no progress bar (CI, DVC). Its rows live
+    in the checkpoint, so a resumed run continues the same history."""
 
     def __init__(self, path: str | Path, print_lines: bool):
         self.path, self.print_lines = Path(path), print_lines
@@ -28,39 +55,69 @@ class EpochHistory(pl.Callback):
         self._t0 = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        m = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
+        m = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items()
+             if k.startswith(("train/", "val/"))}
         lrs = [g["lr"] for opt in trainer.optimizers for g in opt.param_groups]
-        row = {"epoch": trainer.current_epoch, **dict(sorted(m.items())), "lr": lrs[0] if lrs else None,
+        row = {"epoch": trainer.current_epoch + 1, **dict(sorted(m.items())), "lr": lrs[0] if lrs else None,
                "time_s": round(time.perf_counter() - self._t0, 3)}
         self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
         if trainer.is_global_zero:
             write_csv(self.rows, self.path)
+            values = {k: v for k, v in row.items() if k != "epoch" and v is not None}
+            for logger in trainer.loggers:  # a resumed epoch logged before a kill is logged again, same step
+                logger.log_metrics(values, step=row["epoch"])
             if self.print_lines:
-                log.info("epoch %d/%d  %s", row["epoch"] + 1, trainer.max_epochs,
-                         "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch" and v is not None))
+                log.info("epoch %d/%d  %s", row["epoch"], trainer.max_epochs,
+                         "  ".join(f"{k} {v:.4g}" for k, v in values.items()))
 
     def state_dict(self) -> dict:
         return {"rows": self.rows}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.rows = list(state_dict["rows"])
+        rows = [dict(r) for r in state_dict["rows"]]
+        if rows and rows[0]["epoch"] == 0:  # a checkpoint from when epochs counted from 0: renumbered
+            for r in rows:
+                r["epoch"] += 1
+        self.rows = rows
+
+
+def read_history(path: str | Path) -> list[dict]:
+    """history.csv → one dict per epoch: `epoch` an int (from 1), the other columns floats, None where
+    empty."""
+    with open(path, newline="") as f:
+        return [{k: None if v in ("", None) else int(v) if k == "epoch" else float(v) for k, v in r.items()}
+                for r in csv.DictReader(f)]
+
+
+class EpochProgressBar(RichProgressBar):
+    """Lightning's Rich bar, with epochs counted from 1 like the rest ("Epoch 1/10", not "Epoch 0/9")."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        last = self.trainer.max_epochs
+        text = f"Epoch {current_epoch + 1}" + (f"/{last}" if last is not None and last >= 0 else "")
+        return f"{text:{len(self.validation_description)}}"  # padded as Lightning's: the bars do not flicker
 
 
 class GradualUnfreeze(BaseFinetuning):
-    """Transfer learning in phases: the head first, then one backbone stage more (from the top) every
-    `net.unfreeze_every` epochs, each joining the optimizer at the backbone's lower learning rate."""
+    """Transfer learning in phases: the head first, then one more of the network's `stages()` (from the top)
+    every `unfreeze_every` epochs, each joining the optimizer at lr_scale × the current learning rate."""
+
+    def __init__(self, unfreeze_every: int, lr_scale: float, train_bn: bool):
+        super().__init__()
+        self.unfreeze_every, self.lr_scale, self.train_bn = unfreeze_every, lr_scale, train_bn
 
     def freeze_before_training(self, pl_module) -> None:
-        self.freeze(pl_module.net.body, train_bn=False)  # frozen means frozen, BatchNorm included
+        # the parts come from the network's contract (cnnlab.models.Network.stages), so this callback is built
+        # from config alone, before and apart from the model
+        self.freeze(pl_module.net.stages(), train_bn=False)  # frozen means frozen, BatchNorm included
 
     def finetune_function(self, pl_module, current_epoch: int, optimizer) -> None:
-        net = pl_module.net
-        if current_epoch == 0 or current_epoch % net.unfreeze_every:
+        if current_epoch == 0 or current_epoch % self.unfreeze_every:
             return
-        stages = net.stages()
-        k = current_epoch // net.unfreeze_every - 1
+        stages = pl_module.net.stages()
+        k = current_epoch // self.unfreeze_every - 1
         if k < len(stages):
             lr = optimizer.param_groups[0]["lr"]
-            self.unfreeze_and_add_param_group(stages[k], optimizer, lr=lr * net.backbone_lr_scale,
-                                              train_bn=not net.freeze_bn)
-            log.info("epoch %d: unfroze backbone stage %d/%d", current_epoch, k + 1, len(stages))
+            self.unfreeze_and_add_param_group(stages[k], optimizer, lr=lr * self.lr_scale,
+                                              train_bn=self.train_bn)
+            log.info("epoch %d: unfroze backbone stage %d/%d", current_epoch + 1, k + 1, len(stages))

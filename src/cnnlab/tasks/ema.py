@@ -1,7 +1,7 @@
-"""Weight averaging as a Lightning callback, usable with any model: an EMA of the network's float state (weights
-and BN statistics) updated every `every` steps, either kept aside (mode=ema: validation and checkpoints use it,
-so `cnnlab evaluate` does too) or written back into the net (mode=lookahead, airbench: the net restarts from the
-average, and the last step leaves the net equal to it)."""
+"""Weight averaging as a Lightning callback, usable with any model: an EMA of the network's float state
+(weights and BN statistics) updated every `every` steps, either kept aside (mode=ema: validation and
+checkpoints use it, so `cnnlab evaluate` does too) or written back into the net (mode=lookahead, airbench: the
+net restarts from the average, and the last step leaves the net equal to it)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ class WeightAveraging(pl.Callback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         state = self._state(pl_module)
-        if self._raw is not None:  # resumed: the checkpoint's state_dict holds the average, ours the raw weights
+        # resumed: the checkpoint's state_dict holds the average, ours the raw weights
+        if self._raw is not None:
             for k, v in state.items():
                 v.copy_(self._raw[k])
         self.avg = ({k: v.to(state[k].device) for k, v in self.avg.items()} if self.avg is not None

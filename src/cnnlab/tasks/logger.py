@@ -1,4 +1,5 @@
-"""Lightning's MLflow logger, made safe: a store that fails mid-run is warned about once and the run goes on."""
+"""Lightning's MLflow logger, made safe: a store that fails mid-run is warned about once and the run goes
+on."""
 
 from __future__ import annotations
 

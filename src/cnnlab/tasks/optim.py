@@ -1,5 +1,5 @@
-"""Optimizer factories beyond torch's defaults. Each takes the parameters (tensors, or groups with an "lr") first,
-so configs stay `_partial_: true` leaves."""
+"""Optimizer factories beyond torch's defaults. Each takes the parameters (tensors, or groups with an "lr")
+first, so configs stay `_partial_: true` leaves."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ def nesterov_sgd(params, lr: float, batch_size: int, momentum: float = 0.85, wei
     kilostep = 1024 * (1 + 1 / (1 - momentum))
     base = lr * batch_size / kilostep
     groups = []
-    for g in params if isinstance(params, list) and params and isinstance(params[0], dict) else [{"params": params}]:
+    grouped = isinstance(params, list) and params and isinstance(params[0], dict)
+    for g in params if grouped else [{"params": params}]:
         ps = [p for p in g["params"] if p.requires_grad]
         scale = g.get("lr", lr) / lr  # a group's own lr (discriminative lrs) as a ratio to the base lr
         for sel, s in ((lambda p: p.ndim > 1, scale), (lambda p: p.ndim <= 1, scale * bias_lr_scale)):

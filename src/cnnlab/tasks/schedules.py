@@ -1,5 +1,5 @@
-"""LR schedules, all stepped per optimizer step. Each is `f(optimizer, total_steps, steps_per_epoch, **cfg)` so
-configs stay declarative (`_partial_: true`) and the step counts come from the trainer at run time."""
+"""LR schedules, all stepped per optimizer step. Each is `f(optimizer, total_steps, steps_per_epoch, **cfg)`
+so configs stay declarative (`_partial_: true`) and the step counts come from the trainer at run time."""
 
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ def step(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, step_epoc
 
 def triangle(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, start_factor: float = 0.2,
              peak_at: float = 0.23, end_factor: float = 0.07) -> LRScheduler:
-    """Linear up from start_factor·lr to lr at peak_at of the run, then linear down to end_factor·lr (airbench:
-    a short run spends most steps annealing)."""
+    """Linear up from start_factor·lr to lr at peak_at of the run, then linear down to end_factor·lr
+    (airbench: a short run spends most steps annealing)."""
     peak = max(1, int(peak_at * total_steps))
 
     def factor(s: int) -> float:

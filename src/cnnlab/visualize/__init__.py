@@ -1,4 +1,5 @@
-"""Model interpretation and CNN visualisation behind `cnnlab visualize` (issue 7), and Grad-CAM for `evaluate`."""
+"""Model interpretation and CNN visualisation behind `cnnlab visualize` (issue 7), and Grad-CAM for
+`evaluate`."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ def explain_png(s: Subject, images: torch.Tensor, labels: torch.Tensor | None, p
         colors = [RIGHT if a == b else WRONG for a, b in zip(p, t)]
     cam = method == "gradcam"
     kinds = {n: type(m).__name__ for n, m in s.net.named_modules()}
-    what = f"Grad-CAM at {', '.join(f'{n} ({kinds[n]})' for n in layers)}" if cam else "saliency |∂ logit / ∂ input|"
+    what = (f"Grad-CAM at {', '.join(f'{n} ({kinds[n]})' for n in layers)}" if cam
+            else "saliency |∂ logit / ∂ input|")
     maps_png(images, rows, titles, colors, path,
              f"{s.name}: {what}; titles: pred p{' (true)' if labels is not None else ''}",
              overlay=cam, cbar="Grad-CAM / its max" if cam else "saliency / its 99th percentile",
@@ -46,8 +48,8 @@ def explain_png(s: Subject, images: torch.Tensor, labels: torch.Tensor | None, p
     return {"pred": [names[a] for a in p], "prob": [round(q, 4) for q in c]}
 
 
-def gradcam_grid_png(model: Classifier, images_uint8: torch.Tensor, labels: torch.Tensor, class_names: list[str],
-                     path: str | Path, n: int = 8) -> None:
+def gradcam_grid_png(model: Classifier, images_uint8: torch.Tensor, labels: torch.Tensor,
+                     class_names: list[str], path: str | Path, n: int = 8) -> None:
     """Grad-CAM of the predicted class for the first `n` images (uint8 [N,C,H,W]) of a cnnlab `Classifier`, at
     its last conv layer, titled "pred p (true)": the grid `cnnlab evaluate` adds to its report."""
     was_training = model.training

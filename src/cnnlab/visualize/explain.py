@@ -30,8 +30,8 @@ class Subject:
 
 
 def from_classifier(model, name: str = "model") -> Subject:
-    """A cnnlab `Classifier`: its net and the normalisation it was trained with (no augmentation when detached)."""
-    return Subject(model.net, lambda x: model.on_after_batch_transfer((x.to(model.device), None), 0)[0],
+    """A cnnlab `Classifier`: its net and its `preprocess` (the training normalisation, no augmentation)."""
+    return Subject(model.net, lambda x: model.preprocess(x.to(model.device)),
                    tuple(model.hparams.in_shape), list(model.hparams.class_names), name)
 
 
@@ -39,8 +39,8 @@ def from_pretrained(pre, device: torch.device, name: str) -> Subject:
     """A `cnnlab.models.pretrained.Pretrained` ImageNet classifier with its own input statistics."""
     net = pre.net.to(device).eval()
     mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (pre.mean, pre.std))
-    return Subject(net, lambda x: (x.to(device).float() / 255 - mean) / std, (3, pre.input_size, pre.input_size),
-                   list(pre.categories), name)
+    return Subject(net, lambda x: (x.to(device).float() / 255 - mean) / std,
+                   (3, pre.input_size, pre.input_size), list(pre.categories), name)
 
 
 @contextlib.contextmanager
@@ -73,8 +73,8 @@ def spatial_layers(s: Subject) -> dict[str, tuple[int, ...]]:
 
 
 def conv_layers(net: nn.Module, shapes: dict[str, tuple[int, ...]]) -> list[str]:
-    """The names worth offering, in forward order: convs, blocks holding convs (not their insides: a residual or
-    inverted-residual block is one unit) and stages of such blocks."""
+    """The names worth offering, in forward order: convs, blocks holding convs (not their insides: a residual
+    or inverted-residual block is one unit) and stages of such blocks."""
     mods = dict(net.named_modules())
     with_conv = {n for n in shapes if any(isinstance(m, nn.Conv2d) for m in mods[n].modules())}
     blocks = [n for n in with_conv if not isinstance(mods[n], (*CONTAINERS, nn.Conv2d))]
@@ -99,7 +99,8 @@ def default_feature_layers(s: Subject, k: int = 4) -> list[str]:
 
 
 def gradcam_layer(s: Subject) -> str:
-    """The last conv-level layer with more than one pixel: where Grad-CAM keeps the most semantics and space."""
+    """The last conv-level layer with more than one pixel: where Grad-CAM keeps the most semantics and
+    space."""
     shapes = spatial_layers(s)
     layers = [n for n in conv_layers(s.net, shapes) if shapes[n][1] * shapes[n][2] > 1]
     if not layers:
@@ -150,7 +151,8 @@ def gradcam(s: Subject, images: torch.Tensor, targets: list[int], layer: str) ->
     check_layers(s, [layer])
     with _grad_on():
         x = s.prep(images.clone())
-        cam = LayerGradCam(s.net, s.net.get_submodule(layer)).attribute(x, target=targets, relu_attributions=True)
+        cam = LayerGradCam(s.net, s.net.get_submodule(layer)).attribute(x, target=targets,
+                                                                         relu_attributions=True)
         cam = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
     return cam.detach()[:, 0].float().clamp(min=0).cpu()  # clamp: bilinear can undershoot by rounding
 
@@ -214,8 +216,8 @@ def kernels_from_config(extra) -> dict[str, torch.Tensor]:
 
 
 def filter_image(image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """uint8 [C,H,W] → float [C,H,W]: each channel cross-correlated with `kernel` (what a conv layer computes),
-    edge-padded so the output keeps the size and the borders show no false edges."""
+    """uint8 [C,H,W] → float [C,H,W]: each channel cross-correlated with `kernel` (what a conv layer
+    computes), edge-padded so the output keeps the size and the borders show no false edges."""
     kh, kw = kernel.shape
     x = torch.nn.functional.pad(image.float()[:, None], ((kw - 1) // 2, kw // 2, (kh - 1) // 2, kh // 2),
                                 mode="replicate")

@@ -1,4 +1,5 @@
-"""PNGs of cnnlab.visualize.explain's tensors, made like cnnlab.evaluation.plots (Figure, no pyplot, atomic)."""
+"""PNGs of cnnlab.visualize.explain's tensors, made like cnnlab.evaluation.plots (Figure, no pyplot,
+atomic)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from cnnlab.io import write_figure
 def _show(ax, img: torch.Tensor, title: str = "", **kw) -> None:
     arr, cmap = _image(img)
     # nearest keeps 28-32 px images' pixels honest; large photos read better antialiased
-    ax.imshow(arr, cmap=cmap, vmin=0, vmax=255, interpolation="nearest" if img.shape[-1] <= 64 else "antialiased")
+    ax.imshow(arr, cmap=cmap, vmin=0, vmax=255,
+              interpolation="nearest" if img.shape[-1] <= 64 else "antialiased")
     ax.set_title(title, fontsize=8, **kw)
     ax.axis("off")
 
@@ -92,9 +94,11 @@ def filters_png(weight: torch.Tensor, path: str | Path, title: str, dpi: int = 1
 
 
 def feature_maps_png(image: torch.Tensor, acts: dict[str, torch.Tensor], headings: dict[str, str],
-                     path: str | Path, title: str, max_maps: int = 16, ncols: int = 8, dpi: int = 110) -> None:
+                     path: str | Path, title: str, max_maps: int = 16, ncols: int = 8,
+                     dpi: int = 110) -> None:
     """The input beside, per layer, its `max_maps` most active channels (largest mean positive activation),
-    each stretched to its own range: what a channel responds to, not how strongly (the titles give the max)."""
+    each stretched to its own range: what a channel responds to, not how strongly (the titles give the
+    max)."""
     rows = [math.ceil(min(max_maps, a.shape[0]) / ncols) for a in acts.values()]
     cols = min(ncols, max(min(max_maps, a.shape[0]) for a in acts.values()))
     fig = Figure(figsize=(1.05 * cols + 3.2, sum(1.1 * r + 0.45 for r in rows) + 0.4), layout="constrained")
@@ -148,7 +152,8 @@ def kernels_png(image: torch.Tensor, kernels: dict[str, torch.Tensor], filtered:
         ints = kern / unit
         scaled = unit < 1 and round(1 / unit) == 1 / unit and bool((ints - ints.round()).abs().max() < 1e-4)
         if kern.numel() <= 25:  # numbers fit up to 5×5; a blur's 1/256ths shown as whole numbers
-            for (y, x), v in zip(torch.cartesian_prod(*map(torch.arange, kern.shape)).tolist(), kern.flatten()):
+            for (y, x), v in zip(torch.cartesian_prod(*map(torch.arange, kern.shape)).tolist(),
+                                 kern.flatten()):
                 ax.text(x, y, f"{float(v / unit if scaled else v):.3g}", ha="center", va="center", fontsize=6,
                         color="white" if abs(float(v)) > m / 2 else "black")
         ax.set_title(f"{name} (×1/{round(1 / unit)})" if scaled else name, fontsize=9)
