@@ -207,6 +207,10 @@ def main(argv: list[str] | None = None) -> None:
     flags = [a for a in rest if a not in overrides]
     job_name = ([] if any(o.startswith("hydra.job.name=") for o in overrides)
                 else [f"hydra.job.name={command}"])
+    if command not in WRITES and not multirun and not any(o.startswith(("hydra.run", "hydra/job_logging"))
+                                                          for o in overrides):
+        # nothing of its own to keep (params, prepare, summary, predict): no run folder, log to the terminal
+        job_name += ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout"]
     sys.argv = [f"cnnlab-{command}", *job_name, *overrides, *flags]
     hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(task)()
 
