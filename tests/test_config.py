@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from cnnlab.config import compose, differing_keys, drift, for_run, load_params, select_run
+from cnnlab.config import compose, differing_keys, drift, for_run, load_params, note_params, select_run
 from cnnlab.errors import UserError
 
 
@@ -51,3 +51,5 @@ def test_drift_names_the_keys_a_hand_edit_changed(cfg, tmp_path, workdir):
     assert differing_keys(text, text) == []
     (tmp_path / "p.yaml").write_text(text.replace("lr: 0.001", "lr: 0.005"))
     assert drift(cfg(), tmp_path / "p.yaml") == ["optimizer.lr", "runs.transfer.optimizer.lr"]
+    note_params(cfg(), tmp_path / "p.yaml")  # what `dvc exp run -S` composed: no hand edit
+    assert drift(cfg(), tmp_path / "p.yaml") == []

@@ -59,7 +59,7 @@ CASES = [  # (command line, what the one line must say)
     (["train", *TINY, "--force"], "--force applies to `cnnlab params` only"),
     (["train", "--params", "missing.yaml"], "params file missing.yaml does not exist"),
     (["train", "--params", "params.yaml", "optimizer.lr=abc", "out_dir=good"], "optimizer.lr='abc'"),
-    (["params", "data=synthetic"], "params.yaml was changed since it was generated"),
+    (["params", "data=synthetic"], "params.yaml was changed by hand since it was generated"),
     (["train", *TINY, "out_dir=good", "resume=true", "model=seed_mlp"], "resume=true: model differs"),
     (["train", *TINY, "out_dir=corrupt", "resume=true"],
      "cannot resume: corrupt/model/last.ckpt is not a valid"),

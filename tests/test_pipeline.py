@@ -65,8 +65,9 @@ def clean(repo: Path) -> bool:
 
 
 def snapshot(folder: Path) -> dict[str, str]:
+    """The run folders in runs/ (not the note of the params file cnnlab saw last: .params.yaml.sha256)."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.glob("*/**/*")) if p.is_file()}
 
 
 def mlflow_runs(repo: Path) -> list:

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     _quiet()
     _omp_policy(command)
     from cnnlab import schema
-    from cnnlab.config import conf_dir, drift, load_params, select_run
+    from cnnlab.config import conf_dir, drift, load_params, note_params, select_run
     from cnnlab.errors import UserError
 
     original_argv = list(sys.argv)
@@ -172,8 +172,11 @@ def main(argv: list[str] | None = None) -> None:
         try:
             if not validated:  # composed elsewhere than in _validate (params file, sweep job): check it here
                 schema.validate(cfg, command, run_name)
-            # `dvc exp run -S` composes params.yaml itself; a plain `dvc repro` should find exactly conf/'s
-            if params is not None and not os.environ.get("DVC_EXP_NAME") and (keys := drift(cfg, params)):
+            # `dvc exp run -S` composes params.yaml itself (no hand edit: `cnnlab params` may replace it
+            # later); a plain `dvc repro` should find exactly conf/'s
+            if params is not None and os.environ.get("DVC_EXP_NAME"):
+                note_params(cfg, params)
+            elif params is not None and (keys := drift(cfg, params)):
                 logging.getLogger("cnnlab").warning(
                     "%s is not the composition of conf/ (differs in %s): run `cnnlab params` to regenerate "
                     "it, or put the change in conf/", params,

@@ -117,6 +117,14 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def note_params(cfg: DictConfig, path: str | Path) -> None:
+    """Record a params file as generated (what `dvc exp run -S` composed is no hand edit): `cnnlab params` may
+    then replace it without --force."""
+    from cnnlab.io import write_text
+
+    write_text(params_record(cfg), sha256_text(Path(path).read_text()) + "\n")
+
+
 def drift(cfg: DictConfig, path: str | Path) -> list[str]:
     """Keys in which a params file differs from the composition of conf/, unless `cnnlab params` wrote it as
     it is (with overrides, perhaps): a hand edit that `dvc repro` would use and `cnnlab params` would

@@ -1,8 +1,9 @@
 """`cnnlab params`: write the composed config to params.yaml, exactly as DVC's Hydra composition does
 (`dvc exp run` does it itself; run this before a plain `dvc repro` after editing conf/).
 
-params.yaml is generated, so a change made to it by hand (or left by `dvc exp run -S`) would be lost without a
-word: such a file is not overwritten without --force, and the keys that differ are named."""
+params.yaml is generated, so a change made to it by hand would be lost without a word: such a file is not
+overwritten without --force, and the keys that differ are named. What `dvc exp run -S` composed into it is no
+hand edit (its stages note it), so `make run` after an experiment returns the workspace to conf/."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.config import differing_keys, params_record, sha256_text
+from cnnlab.config import differing_keys, note_params, params_record, sha256_text
 from cnnlab.errors import UserError
 from cnnlab.io import write_text
 
@@ -38,10 +39,10 @@ def run(cfg: DictConfig, force: bool = False) -> dict:
         record.is_file() and record.read_text().strip() == sha256_text(old))
     if not ours and not force:
         keys = differing_keys(old, text)
-        raise UserError(f"{path} was changed since it was generated (by hand or by `dvc exp run -S`) and "
+        raise UserError(f"{path} was changed by hand since it was generated and "
                         f"differs from conf/ in {', '.join(keys[:6])}{' …' if len(keys) > 6 else ''}: put "
                         "the change in conf/ (or pass it as an override), or overwrite it with --force")
     write_text(path, text)
-    write_text(record, sha256_text(text) + "\n")
+    note_params(cfg, path)
     log.info("wrote %s", path)
     return {}
