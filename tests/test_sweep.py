@@ -41,6 +41,8 @@ def test_multirun_parent_run_children_and_leaderboard(cli, workdir, synthetic):
     [parent] = [r for r in all_runs if r.info.run_name.startswith("sweep-")]
     children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(all_runs) == 3 and len(children) == 2
+    assert sorted(r.info.run_name for r in children) == ["seed_mnist_cnn-synthetic/job0",
+                                                         "seed_mnist_cnn-synthetic/job1"]  # told apart
     assert parent.info.status == "FINISHED" and "best_val/acc" in parent.data.metrics
 
 

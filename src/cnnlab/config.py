@@ -92,14 +92,16 @@ def load_params(path: str | Path, overrides: list[str], run: str | None = None) 
     return cfg
 
 
+def flat(node: object, prefix: str = "") -> dict:
+    """Nested dicts → {dotted key: leaf value} (an empty dict is a leaf)."""
+    if isinstance(node, dict) and node:
+        return {k: v for key, sub in node.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
 def differing_keys(a: str, b: str) -> list[str]:
     """Dotted keys whose values differ between two YAML documents."""
     import yaml
-
-    def flat(node: object, prefix: str = "") -> dict:
-        if isinstance(node, dict) and node:
-            return {k: v for key, sub in node.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
-        return {prefix[:-1]: node}
 
     fa, fb = flat(yaml.safe_load(a) or {}), flat(yaml.safe_load(b) or {})
     return sorted(k for k in fa.keys() | fb.keys() if fa.get(k, "\0") != fb.get(k, "\0"))

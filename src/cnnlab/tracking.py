@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from cnnlab.config import flat
 from cnnlab.paths import anchored, sweep_dir
 
 log = logging.getLogger(__name__)
@@ -66,22 +67,19 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
 
 
 def run_name(name: str) -> str:
-    """MLflow run names tell DVC experiments apart: `<experiment>:<name>` inside `dvc exp run`."""
+    """MLflow run names tell runs of one config apart: `<experiment>:<name>` inside `dvc exp run`,
+    `<name>/job<N>` inside a sweep."""
+    if sweep_dir() is not None:
+        from hydra.core.hydra_config import HydraConfig
+
+        num = OmegaConf.select(HydraConfig.get(), "job.num", default=None)  # unset for the sweep's parent run
+        name = f"{name}/job{num}" if num is not None else name
     return f"{os.environ['DVC_EXP_NAME']}:{name}" if os.environ.get("DVC_EXP_NAME") else name
 
 
 def flatten(cfg: DictConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict) and node:
-            for k, v in node.items():
-                walk(v, f"{prefix}{k}.")
-        else:
-            out[prefix[:-1]] = node
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return out
+    """The resolved config as MLflow params: {dotted key: value}."""
+    return flat(OmegaConf.to_container(cfg, resolve=True))
 
 
 def usable_uri(cfg: DictConfig) -> str | None:

@@ -55,11 +55,10 @@ def _table(rows: list[dict]) -> str:
 
 
 def _run_section(key: str, cfg: DictConfig) -> tuple[str, dict]:
+    """The run's section of the page, and the numbers experiments are compared by (`_metrics`)."""
     run = RunDir(Path(cfg.pipeline[key]))
     ev, tr, prov = _json(run.eval / "metrics.json"), _json(run.train / "metrics.json"), _json(run.run_json)
-    summary = {"run": key, "model": cfg.model.name, "test accuracy": ev.get("accuracy"),
-               "macro F1": ev.get("macro_f1"), "ECE": ev.get("ece"), "test loss": ev.get("loss"),
-               "epochs": tr.get("epochs"), "train time (s)": tr.get("time_s")}
+    summary = _metrics(ev, tr)
     if not ev:
         return f"<h2>{html.escape(key)}</h2><p class=muted>not evaluated yet</p>", summary
     per_class = [{"class": k, "accuracy": v}
@@ -142,29 +141,29 @@ def _time(ms: int) -> str:
 def run(cfg: DictConfig) -> dict:
     pipeline = [("scratch", cfg)] + [(name, select_run(cfg, name)) for name in cfg.runs
                                      if name in cfg.pipeline]
-    sections, rows = zip(*(_run_section(key, c) for key, c in pipeline))
+    sections, numbers = zip(*(_run_section(key, c) for key, c in pipeline))
+    summary = {key: m for (key, _), m in zip(pipeline, numbers)}
+    rows = [{"run": key, "model": c.model.name, **summary[key]} for key, c in pipeline]
     history = (_experiments_section(cfg) + _sweeps_section(Path(cfg.paths.runs_dir))
                if cfg.report.history else "")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>cnnlab report</title>\
 <style>{CSS}</style>
 </head><body><h1>cnnlab report</h1><p class=prov>data: {html.escape(cfg.data.name)}</p>
-<h2>The pipeline</h2>{_table(list(rows))}
+<h2>The pipeline</h2>{_table(rows)}
 {''.join(sections)}
 {_style_section(Path(cfg.pipeline.style))}
 {history}
 </body></html>"""
     out = out_dir(cfg)
     write_text(out / "index.html", page)
-    summary = {key: _metrics(RunDir(Path(c.pipeline[key]))) for key, c in pipeline}
     write_json(out / "metrics.json", summary)
     log.info("report → %s", (out / "index.html").resolve())
     return summary
 
 
-def _metrics(run: RunDir) -> dict:
-    """The numbers experiments are compared by. One file for the whole pipeline, each name once
-    (`scratch.test_accuracy`), so `dvc exp show` needs no file path in its column names."""
-    ev, tr = _json(run.eval / "metrics.json"), _json(run.train / "metrics.json")
+def _metrics(ev: dict, tr: dict) -> dict:
+    """The numbers experiments are compared by, from a run's eval and train metrics. One file for the
+    whole pipeline, each name once (`scratch.test_accuracy`): `dvc exp show` needs no path in its columns."""
     pick = {"test_accuracy": ev.get("accuracy"), "test_macro_f1": ev.get("macro_f1"),
             "test_loss": ev.get("loss"), "test_ece": ev.get("ece"), "best_val_acc": tr.get("best_val/acc"),
             "epochs": tr.get("epochs"), "train_s": tr.get("time_s")}
