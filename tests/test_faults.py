@@ -24,8 +24,9 @@ from PIL import Image
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from cnnlab.data.loader import PreparedData
-from cnnlab.data.prepared import exclusive_atomic_dir, load_manifest, save_split
+from cnnlab.data.prepared import load_manifest, save_split
 from cnnlab.errors import UserError
+from cnnlab.io import atomic_dir
 from cnnlab.models.pretrained import TransferNet, load_pretrained
 from cnnlab.stages import prepare, summary
 from cnnlab.tasks.checkpoint import check_checkpoint
@@ -272,11 +273,11 @@ def test_prepared_data_without_val_images_is_refused(data, workdir):
         dm.setup("fit")
 
 
-def test_exclusive_atomic_dir_removes_what_a_killed_writer_left(workdir):
+def test_atomic_dir_removes_what_a_killed_writer_left(workdir):
     out = workdir / "prepared/synthetic"
     # a real kill -9 inside the temporary folder
-    code = ("import os, sys; from cnnlab.data.prepared import exclusive_atomic_dir\n"
-            "with exclusive_atomic_dir(sys.argv[1]) as tmp:\n"
+    code = ("import os, sys; from cnnlab.io import atomic_dir\n"
+            "with atomic_dir(sys.argv[1]) as tmp:\n"
             "    (tmp / 'train.safetensors').write_bytes(bytes(10**6)); os.kill(os.getpid(), 9)")
     p = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, check=False)
     assert p.returncode == -signal.SIGKILL
@@ -284,16 +285,14 @@ def test_exclusive_atomic_dir_removes_what_a_killed_writer_left(workdir):
     assert len(left) == 1
     dead = out.parent / ".synthetic.old-4194305"  # above Linux's pid_max: no such process
     alive = out.parent / ".synthetic.old-1"  # init's: a living process's, kept
-    keep = [out.parent / ".synthetic.v2.abcd1234.tmp", out.parent / ".synthetic-b.abcd1234.tmp", alive]
+    keep = [out.parent / ".synthetic.v2.123-abcd1234.tmp", out.parent / ".synthetic-b.123-abcd1234.tmp",
+            out.parent / f".synthetic.{os.getpid()}-abcd1234.tmp", alive]  # other targets', a live writer's
     for d in (dead, *keep):
         d.mkdir()
-    with exclusive_atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp:
         (tmp / "manifest.json").write_text("{}")
-        with open(out.parent / ".synthetic.lock") as lock, pytest.raises(BlockingIOError):
-            import fcntl
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a second writer waits for the first
     assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".synthetic")) == sorted(
-        [".synthetic.lock", *(k.name for k in keep)])
+        k.name for k in keep)
     assert json.loads((out / "manifest.json").read_text()) == {}
     for k in keep:
         shutil.rmtree(k)

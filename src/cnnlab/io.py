@@ -7,6 +7,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -85,11 +86,14 @@ def write_json(path: str | Path, obj: Any) -> None:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty temporary directory; on success it replaces `path` whole, on error it is removed.
 
-    The previous `path` survives any failure before the final renames, so a failed run loses nothing.
+    The previous `path` survives any failure before the final renames, so a failed run loses nothing. A
+    writer killed outright (kill -9) cannot clean up: the next writer of `path` removes what it left.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _clear_dead(path)
+    # the pid in the name tells a dead writer's temporary (a prepared dataset's: ~50 MB) from a live one's
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         mask = _umask()
@@ -99,6 +103,28 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         _swap(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _clear_dead(path: Path) -> None:
+    """Remove the temporaries (`.<name>.<pid>-XXXXXXXX.tmp`) and half-swapped old folders
+    (`.<name>.old-<pid>`) that writers of `path` killed mid-write left beside it; a living writer's stay."""
+    left = re.compile(rf"\.{re.escape(path.name)}\.(?:(\d+)-[a-z0-9_]{{8}}\.tmp|old-(\d+))")
+    for p in path.parent.iterdir():
+        if (m := left.fullmatch(p.name)) and not _alive(int(m[1] or m[2])):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _swap(new: Path, path: Path) -> None:

@@ -6,9 +6,8 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from cnnlab.data.prepared import exclusive_atomic_dir
 from cnnlab.errors import UserError
-from cnnlab.io import md5_file
+from cnnlab.io import atomic_dir, md5_file
 
 
 def check_md5(path: Path, expected: str) -> None:
@@ -21,7 +20,7 @@ def check_md5(path: Path, expected: str) -> None:
 def extract(archive: Path, dest: Path) -> Path:
     """Extract a .tar[.gz|.bz2|.xz] or .zip into `dest` (replaced atomically). Members that would land
     outside `dest` (absolute paths, `..`, links pointing out) are refused, not silently rewritten."""
-    with exclusive_atomic_dir(dest) as tmp:  # first removes the tmp of an extraction killed earlier
+    with atomic_dir(dest) as tmp:  # first removes the tmp of an extraction killed earlier
         try:
             if zipfile.is_zipfile(archive):
                 with zipfile.ZipFile(archive) as zf:

@@ -3,14 +3,7 @@ labels) and `manifest.json`. safetensors: no pickle, memory-mappable, and byte-i
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import logging
-import os
-import re
-import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,56 +12,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cnnlab.errors import UserError
-from cnnlab.io import atomic_dir, sha256_file
+from cnnlab.io import sha256_file
 
-log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
-
-
-@contextlib.contextmanager
-def exclusive_atomic_dir(path: str | Path) -> Iterator[Path]:
-    """`io.atomic_dir(path)` for one writer at a time, after removing what killed writers left beside `path`.
-
-    atomic_dir's temporary `.<name>.XXXXXXXX.tmp` (~50 MB for a prepared dataset) survives a kill -9, and its
-    name carries no pid. Every cnnlab writer of `path` holds an flock on `.<name>.lock` while its temporary
-    exists, and the kernel drops the lock when the process dies however it dies: so a tmp seen while we hold
-    the lock belongs to no living writer. A second writer waits instead of racing the first.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for another process writing %s", path)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        _remove_leftovers(path)
-        with atomic_dir(path) as tmp:
-            yield tmp
-
-
-def _remove_leftovers(path: Path) -> None:
-    # mkdtemp's 8 random characters exactly: `.<name>.v2.XXXXXXXX.tmp` (a target named "<name>.v2") stays
-    tmp = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
-    old = re.compile(rf"\.{re.escape(path.name)}\.old-(\d+)")  # atomic_dir's previous output, killed mid-swap
-    for p in path.parent.iterdir():
-        m = old.fullmatch(p.name)
-        if tmp.fullmatch(p.name) or (m and not _alive(int(m[1]))):
-            log.info("removing %s, left by a killed run", p)
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
 
 
 def stratified_split(labels: np.ndarray, n_val: int, seed: int,

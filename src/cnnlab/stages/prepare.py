@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from cnnlab.data.prepared import SPLITS, exclusive_atomic_dir, save_split, stratified_split
+from cnnlab.data.prepared import SPLITS, save_split, stratified_split
 from cnnlab.data.sources import READERS
 from cnnlab.errors import UserError
-from cnnlab.io import sha256_file, write_json
+from cnnlab.io import atomic_dir, sha256_file, write_json
 from cnnlab.paths import data_dir
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def run(cfg: DictConfig) -> dict:
         splits["train"] = splits["train"][0][rest_idx], splits["train"][1][rest_idx]
 
     out = data_dir(cfg)
-    with exclusive_atomic_dir(out) as tmp:  # also clears what a killed prepare of the same target left
+    with atomic_dir(out) as tmp:
         for name in SPLITS:
             save_split(tmp / f"{name}.safetensors", *splits[name])
         manifest = {
