@@ -14,6 +14,8 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -e '.[dev]'
+	@# a venv from before cnnlab's own sweeper still holds Hydra's Optuna plugin (optuna<3), which Hydra would load
+	$(BIN)/pip uninstall -y -q hydra-optuna-sweeper 2>/dev/null || true
 	touch $@
 
 # Fashion-MNIST, the offline default dataset: Debian's package when there is no local copy (needs apt-get + root).
@@ -36,4 +38,4 @@ test: install data
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -n 2
 
 clean:
-	rm -rf data/prepared results runs mlflow.db mlartifacts
+	rm -rf data/prepared results runs mlflow.db optuna.db mlartifacts

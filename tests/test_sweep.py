@@ -1,14 +1,17 @@
-"""Hydra multirun through the real CLI: MLflow parent/child runs, leaderboard, joblib, Optuna, SLURM
-config."""
+"""Hydra multirun through the real CLI: MLflow parent/child runs, leaderboard, the winner tested once,
+joblib, SLURM config, promotion to a DVC experiment. Optuna studies: tests/test_study.py."""
 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra.utils import instantiate
 from mlflow import MlflowClient
+from omegaconf import OmegaConf
 
 from cnnlab.config import compose
 
@@ -44,6 +47,21 @@ def test_multirun_parent_run_children_and_leaderboard(cli, workdir, synthetic):
     assert sorted(r.info.run_name for r in children) == ["seed_mnist_cnn-synthetic/job0",
                                                          "seed_mnist_cnn-synthetic/job1"]  # told apart
     assert parent.info.status == "FINISHED" and "best_val/acc" in parent.data.metrics
+    # selected on validation, tested once afterwards: on the winner's run and the sweep's parent run
+    [winner] = workdir.glob("runs/*/*-train-sweep/winner.json")
+    won = json.loads(winner.read_text())
+    assert won["run"] == rows[0]["run"] and 0.0 <= won["test"]["accuracy"] <= 1.0
+    assert parent.data.metrics["test/accuracy"] == won["test"]["accuracy"]
+    assert (workdir / won["run"] / "eval/metrics.json").is_file()
+
+    # promote: the winner's own overrides, as the DVC experiment that gives it the whole pipeline
+    out = cli("promote").stdout
+    assert "dvc exp run -n" in out and f"-S optimizer.lr={rows[0]['overrides'].split('lr=')[1]}" in out
+    overrides = out.split("dvc exp run -n ")[1].split()[1:][1::2]
+    composed = OmegaConf.to_container(compose(overrides), resolve=True)
+    trained = yaml.safe_load((workdir / won["run"] / "model/config.yaml").read_text())
+    for key in ("model", "optimizer", "train", "trainer", "data", "seed"):
+        assert composed[key] == trained[key], key
 
 
 @pytest.mark.slow
@@ -54,14 +72,6 @@ def test_joblib_four_parallel_jobs_all_recorded_in_sqlite(cli, workdir, syntheti
     children = [r for r in runs(workdir) if "mlflow.parentRunId" in r.data.tags]
     # no "database is locked"
     assert len(children) == 4 and all("val/acc" in r.data.metrics for r in children)
-
-
-@pytest.mark.slow
-def test_optuna_search_optimises_the_returned_metric(cli, workdir, synthetic):
-    cli("train", *SWEEP, "hparams_search=optuna", "hydra.sweeper.n_trials=2")
-    assert len(leaderboard(workdir)) == 2
-    [results] = workdir.glob("runs/*/*-train-sweep/optimization_results.yaml")
-    assert "best_value" in results.read_text()
 
 
 def test_ddp_inside_multirun_is_refused_with_the_way_that_works(cli, workdir, synthetic):
@@ -84,3 +94,19 @@ def test_ddp_spawn_inside_multirun_works(cli, workdir, synthetic):
     [row] = leaderboard(workdir)
     assert row["status"] == "ok" and 0.0 < float(row["val/acc"]) <= 1.0
     assert len([r for r in runs(workdir) if "mlflow.parentRunId" in r.data.tags]) == 1
+
+
+@pytest.mark.slow
+def test_a_failing_job_is_recorded_and_the_sweep_closed(cli, workdir, synthetic):
+    p = cli("train", "-m", *SWEEP, "optimizer.lr=1e-3,-1", check=False)
+    assert p.returncode != 0
+    rows = leaderboard(workdir)  # what ran is kept
+    assert {r["status"][:6] for r in rows} == {"ok", "failed"}
+    assert any("optimizer.lr=-1" in r["status"] for r in rows)  # the job's own one-line error
+    [parent] = [r for r in runs(workdir) if r.info.run_name.startswith("sweep-")]
+    assert parent.info.status == "FAILED"  # not RUNNING forever
+
+
+def test_promote_without_a_sweep_is_one_line(cli, workdir):
+    p = cli("promote", check=False)
+    assert p.returncode == 2 and "no finished sweep" in p.stderr and "Traceback" not in p.stderr

@@ -19,6 +19,8 @@ COMMANDS = {
     "style": "neural style transfer (Gatys et al.) → <out_dir>/<content>_<style>/",
     "report": "one self-contained index.html: the pipeline's runs, style transfer, every experiment "
               "and sweep",
+    "promote": "a sweep's winner → the `dvc exp run -S ...` that gives it the full pipeline "
+               "(promote.run=true runs it)",
     "visualize": "kernels, learned filters, feature maps, Grad-CAM, saliency → <out_dir>/<what>/",
 }
 
@@ -150,7 +152,9 @@ def main(argv: list[str] | None = None) -> None:
         _fail(command, "--force applies to `cnnlab params` only")
     params, rest = _take(rest, "--params")
     run_name, rest = _take(rest, "--run")
-    multirun = any(a in ("-m", "--multirun") for a in rest)
+    # hparams_search=<x> sets hydra.mode=MULTIRUN in its config: its command line may carry sweeps too
+    multirun = any(a in ("-m", "--multirun")
+                   or (a.startswith("hparams_search=") and a != "hparams_search=null") for a in rest)
     if run_name and params is None:
         rest = _for_run(command, run_name, rest)
     validated = not multirun and not debug and params is None
@@ -163,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     from cnnlab import schema
     from cnnlab.config import conf_dir, drift, load_params, note_params, select_run
     from cnnlab.errors import UserError
+    from cnnlab.paths import sweep_dir
 
     original_argv = list(sys.argv)
 
@@ -190,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
             stage = importlib.import_module(f"cnnlab.stages.{command}")
             return stage.run(cfg, force=True) if force else stage.run(cfg)
         except UserError as e:
-            if debug:
+            if debug or sweep_dir() is not None:  # a sweep's job: it fails, the sweep records it and goes on
                 raise
             _fail(command, str(e))
 

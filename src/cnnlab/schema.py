@@ -167,6 +167,7 @@ Config = section(
                     center_crop=rule(float, "must be a number in (0, 1]", gt=0, le=1)),
     summary=section("Summary", input_shape=Shape, num_classes=or_null(Count)),  # null: 10
     report=section("Report", history=Bool),
+    promote=section("Promote", study=OptStr, sweep=OptStr, name=OptStr, run=Bool),
     runs=dict[str, dict])  # each run is also checked laid over the root (select_run)
 
 # The top-level keys each command reads; a command not listed gets everything checked.
@@ -181,6 +182,7 @@ SECTIONS = {
     "style": ("seed", "out_dir", "paths", "style", "tracking"),
     "visualize": ("seed", "out_dir", "paths", "data", "visualize"),
     "report": ("run_name", "out_dir", "paths", "pipeline", "report"),
+    "promote": ("paths", "promote"),
 }
 # Where a command puts its work: a GPU asked for where there is none fails late (after loading data) and deep.
 DEVICE_KEYS = {"train": "trainer.accelerator", "evaluate": "evaluate.device", "style": "style.device",

@@ -1,13 +1,18 @@
-"""Hydra multirun (`cnnlab train -m ...`): one MLflow parent run per sweep with a nested child run per job,
-and a leaderboard (CSV + Markdown, printed) in the sweep folder. Works with any launcher (basic, joblib,
+"""Hydra multirun (`cnnlab train -m ...`, `hparams_search=optuna`): one MLflow parent run per sweep with a
+nested child run per job, a leaderboard (CSV + Markdown, printed) in the sweep folder, and the winner — chosen
+on the validation metric only — evaluated on the test split once. Works with any launcher (basic, joblib,
 submitit): each job writes to its own folder in the sweep folder and talks to the sweep only through files
-there."""
+there. An Optuna sweep's leaderboard is its study's: every trial of every session."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,23 +39,113 @@ def _task_cfg(config: DictConfig) -> DictConfig:
     return OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
 
 
-def _markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict]) -> str:
     fields = list(dict.fromkeys(k for r in rows for k in r))
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v if v is not None else "")  # noqa: E731
     return "\n".join(["| " + " | ".join(fields) + " |", "|" + " --- |" * len(fields)]
                      + ["| " + " | ".join(fmt(r.get(k)) for k in fields) + " |" for r in rows]) + "\n"
 
 
+def study_of(config: DictConfig) -> dict | None:
+    """{storage, name} of an Optuna sweep (cnnlab's sweeper), else None."""
+    s = config.hydra.sweeper
+    if not str(s.get("_target_", "")).endswith("cnnlab_sweeper.OptunaSweeper"):
+        return None
+    from cnnlab.study import storage_url
+
+    return {"storage": storage_url(s.storage), "name": s.study_name}
+
+
+def tag_job(config: DictConfig, run: Path | None, tags: dict[str, str]) -> None:
+    """Tags on a job's MLflow run (found through its run.json)."""
+    run_json = RunDir(run).run_json if run else None
+    if run_json is not None and run_json.is_file():
+        if run_id := json.loads(run_json.read_text()).get("mlflow_run_id"):
+            tracking.set_tags(_task_cfg(config), run_id, tags)
+
+
+def test_once(run: Path, overrides: list[str]) -> dict:
+    """The sweep winner's test metrics: `cnnlab evaluate` of its folder, run once (a continued study keeps
+    its winner's result in the run's eval/). Test figures never steer the search: they are read after it."""
+    metrics = RunDir(run).eval / "metrics.json"
+    if not metrics.is_file():
+        hydra_file = run / ".hydra" / "overrides.yaml"
+        job = list(OmegaConf.load(hydra_file)) if hydra_file.is_file() else overrides
+        job = [o for o in job if not o.lstrip("+~").startswith(("hparams_search", "out_dir="))]
+        p = subprocess.run([sys.executable, "-m", "cnnlab", "evaluate", *job, f"out_dir={run}",
+                            f"hydra.run.dir={run}", "hydra.output_subdir=null"],
+                           capture_output=True, text=True, env={k: v for k, v in os.environ.items()
+                                                                if not k.startswith("CNNLAB_OPTUNA")})
+        if p.returncode != 0 or not metrics.is_file():
+            log.warning("the sweep's winner %s was not evaluated: %s", run,
+                        (p.stderr.strip().splitlines() or ["no output"])[-1])
+            return {}
+    return json.loads(metrics.read_text())
+
+
+def _job_rows(d: Path, monitor: str, mode: str) -> list[dict]:
+    rows = [json.loads(p.read_text()) for p in sorted((d / "jobs").glob("*.json"))]
+    sign = -1 if mode == "max" else 1
+    return sorted(rows, key=lambda r: (r.get(monitor) is None, sign * (r.get(monitor) or 0.0)))
+
+
+def finish(config: DictConfig, status: str = "FINISHED") -> None:
+    """Leaderboard, winner's test result and the parent run's end: at the sweep's end, or (status FAILED)
+    when it stopped on an error with what ran so far."""
+    d, cfg = Path(config.hydra.sweep.dir), _task_cfg(config)
+    info, monitor = _sweep_json(d), config.train.monitor
+    if status != "FINISHED" and not (d / "jobs").is_dir():  # refused before any job ran: leave no trace
+        tracking.delete_run(cfg, info.get("parent_run_id"))
+        shutil.rmtree(d, ignore_errors=True)
+        return
+    if study := info.get("study"):
+        from cnnlab import study as studies
+
+        s = studies.load(study["storage"], study["name"])
+        rows = [{monitor if k == "value" else k: v for k, v in r.items()} for r in studies.rows(s)]
+        best = studies.winner(s)
+        winner = Path(best.user_attrs["run"]) if best and best.user_attrs.get("run") else None
+        extra = {"winner_trial": best.number} if best else {}
+    else:
+        rows = _job_rows(d, monitor, config.train.monitor_mode)
+        winner = Path(rows[0]["run"]) if rows and rows[0].get(monitor) is not None else None
+        extra = {}
+    if not rows:
+        tracking.log_run_files(cfg, info.get("parent_run_id"), {}, {}, finish=status)
+        return
+    write_csv(rows, d / "leaderboard.csv")
+    write_text(d / "leaderboard.md", md := markdown(rows))
+    print(f"\nleaderboard ({d}):\n{md}")
+    metrics = {f"best_{monitor}": rows[0][monitor]} if isinstance(rows[0].get(monitor), float) else {}
+    if winner is not None and status == "FINISHED":
+        test = test_once(winner, [])
+        metrics |= {f"test/{k}": v for k, v in test.items() if isinstance(v, float | int)}
+        write_json(d / "winner.json", {"run": str(winner), **extra, "test": test})
+        if test:
+            print(f"winner {winner}: test accuracy {test.get('accuracy', float('nan')):.4f} (evaluated once, "
+                  "after the search; the search saw validation only)")
+    boards = [d / "leaderboard.csv", d / "leaderboard.md"]
+    tracking.log_run_files(cfg, info.get("parent_run_id"), {"": boards}, metrics | extra, finish=status)
+
+
 class SweepTracker(Callback):
+    """Hydra callback (conf/config.yaml: hydra.callbacks.sweep)."""
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         d = Path(config.hydra.sweep.dir)
         cfg = _task_cfg(config)
+        study = study_of(config)
         run_id = tracking.new_run(cfg, f"sweep-{d.name}",
                                   {"sweep.overrides": " ".join(config.hydra.overrides.task)},
                                   {"sweep_id": d.name, "sweep_dir": str(d.resolve()),
-                                   "dataset": cfg.data.name, "model": cfg.model.name})
-        write_json(d / "sweep.json", {"parent_run_id": run_id,
-                                      "overrides": list(config.hydra.overrides.task)})
+                                   "dataset": cfg.data.name, "model": cfg.model.name,
+                                   **({"optuna_study": study["name"]} if study else {})})
+        write_json(d / "sweep.json", {"parent_run_id": run_id, "overrides": list(config.hydra.overrides.task),
+                                      "study": study})
+        # a sweep that stops on an error (a failed job of a grid, a refused study) never reaches
+        # on_multirun_end: keep what ran and close the parent run as failed, not RUNNING forever
+        self._open = True
+        atexit.register(lambda: self._open and finish(config, "FAILED"))
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
@@ -59,9 +154,10 @@ class SweepTracker(Callback):
         if config.hydra.mode != RunMode.MULTIRUN:  # Hydra calls this for single runs too
             return
         job = Path(config.hydra.runtime.output_dir)
+        ok = job_return.status == JobStatus.COMPLETED
         row = {"job": config.hydra.job.num, "overrides": " ".join(job_return.overrides or []),
-               "status": "ok" if job_return.status == JobStatus.COMPLETED else "failed"}
-        if job_return.status == JobStatus.COMPLETED and isinstance(job_return.return_value, float):
+               "status": "ok" if ok else f"failed: {job_return._return_value}"}
+        if ok and isinstance(job_return.return_value, float):
             train = RunDir(job).train / "metrics.json"
             row[config.train.monitor] = job_return.return_value
             row["time_s"] = json.loads(train.read_text()).get("time_s") if train.is_file() else None
@@ -69,17 +165,5 @@ class SweepTracker(Callback):
         write_json(Path(config.hydra.sweep.dir) / "jobs" / f"{config.hydra.job.num}.json", row)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        d = Path(config.hydra.sweep.dir)
-        rows = [json.loads(p.read_text()) for p in sorted((d / "jobs").glob("*.json"))]
-        if not rows:
-            return
-        metric = config.train.monitor
-        sign = -1 if config.train.monitor_mode == "max" else 1
-        rows.sort(key=lambda r: (r.get(metric) is None, sign * (r.get(metric) or 0.0)))
-        write_csv(rows, d / "leaderboard.csv")
-        write_text(d / "leaderboard.md", md := _markdown(rows))
-        print(f"\nleaderboard ({d}):\n{md}")
-        best = rows[0].get(metric)
-        tracking.log_run_files(_task_cfg(config), _sweep_json(d).get("parent_run_id"),
-                               {"": [d / "leaderboard.csv", d / "leaderboard.md"]},
-                               {f"best_{metric}": best} if isinstance(best, float) else {}, finish=True)
+        self._open = False
+        finish(config)

@@ -68,12 +68,16 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
 
 def run_name(name: str) -> str:
     """MLflow run names tell runs of one config apart: `<experiment>:<name>` inside `dvc exp run`,
-    `<name>/job<N>` inside a sweep."""
+    `<name>/job<N>` inside a sweep (`<name>/trial<N>` in an Optuna study, whose trial numbers go on across
+    sessions)."""
     if sweep_dir() is not None:
         from hydra.core.hydra_config import HydraConfig
 
         num = OmegaConf.select(HydraConfig.get(), "job.num", default=None)  # unset for the sweep's parent run
-        name = f"{name}/job{num}" if num is not None else name
+        if (trial := os.environ.get("CNNLAB_OPTUNA_TRIAL")) is not None:  # an Optuna trial: its number
+            name = f"{name}/trial{trial}"
+        elif num is not None:
+            name = f"{name}/job{num}"
     return f"{os.environ['DVC_EXP_NAME']}:{name}" if os.environ.get("DVC_EXP_NAME") else name
 
 
@@ -141,8 +145,9 @@ def new_run(cfg: DictConfig, name: str, params: dict[str, Any], tags: dict[str, 
 
 
 def log_run_files(cfg: DictConfig, run_id: str | None, files: dict[str, list[Path]],
-                  metrics: dict[str, float], finish: bool = False) -> None:
-    """Add metrics and artifacts to an existing run (used by stages after training, e.g. evaluate)."""
+                  metrics: dict[str, float], finish: str | None = None) -> None:
+    """Add metrics and artifacts to an existing run (used by stages after training, e.g. evaluate); `finish`
+    (FINISHED, FAILED, KILLED) ends it."""
     if not cfg.tracking.enabled:
         return
     if run_id is None:
@@ -165,9 +170,35 @@ def log_run_files(cfg: DictConfig, run_id: str | None, files: dict[str, list[Pat
             for p in paths:
                 client.log_artifact(run_id, str(p), subdir or None)
         if finish:
-            client.set_terminated(run_id)
+            client.set_terminated(run_id, finish)
     except Exception as e:  # as in SafeMLFlowLogger: never lose the run's local results over tracking
         log.warning("MLflow: evaluation results not logged (%s: %s); see local files", type(e).__name__, e)
+
+
+def set_tags(cfg: DictConfig, run_id: str, tags: dict[str, str]) -> None:
+    """Tags on an existing run, e.g. how a sweep's trial ended (set by the sweeper after the job)."""
+    if (uri := usable_uri(cfg)) is None:
+        return
+    from mlflow import MlflowClient
+
+    try:
+        client = MlflowClient(uri)
+        for k, v in tags.items():
+            client.set_tag(run_id, k, v)
+    except Exception as e:  # tags are a convenience; the study and the local files have the facts
+        log.warning("MLflow: tags %s not set (%s: %s)", list(tags), type(e).__name__, e)
+
+
+def delete_run(cfg: DictConfig, run_id: str | None) -> None:
+    """Remove a run that recorded nothing (a sweep refused before its first job)."""
+    if run_id is None or (uri := usable_uri(cfg)) is None:
+        return
+    from mlflow import MlflowClient
+
+    try:
+        MlflowClient(uri).delete_run(run_id)
+    except Exception as e:
+        log.warning("MLflow: empty run %s not deleted (%s: %s)", run_id, type(e).__name__, e)
 
 
 def training_runs(cfg: DictConfig, limit: int = 1000) -> list:

@@ -2,16 +2,19 @@
 test metrics, curves, confusion matrix, predictions — and its style transfer, with the provenance of every
 number (git SHA, resolved config, data hash, MLflow run id). With report.history (not in the DVC stage, whose
 inputs they are not) also every training run recorded in MLflow — DVC experiments, sweeps, runs by hand — in
-one table with what differs between them, and every sweep's leaderboard. Beside it, metrics.json: the
-pipeline's summary, its one DVC metrics file."""
+one table with what differs between them, every Optuna study in paths.studies (leaderboard, figures, the
+winner's test result) and every grid sweep's leaderboard. Beside it, metrics.json: the pipeline's summary,
+its one DVC metrics file."""
 
 from __future__ import annotations
 
 import base64
 import csv
+import datetime
 import html
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -19,7 +22,7 @@ from omegaconf import DictConfig
 from cnnlab import tracking
 from cnnlab.config import select_run
 from cnnlab.io import write_json, write_text
-from cnnlab.paths import RunDir, out_dir
+from cnnlab.paths import RunDir, anchored, out_dir
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +36,13 @@ th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}.figs{displa
 
 
 def _img(path: Path, caption: str) -> str:
-    if not path.is_file():
+    return _png(path.read_bytes() if path.is_file() else None, caption)
+
+
+def _png(png: bytes | None, caption: str) -> str:
+    if not png:
         return ""
-    data = base64.b64encode(path.read_bytes()).decode()
+    data = base64.b64encode(png).decode()
     return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
@@ -44,13 +51,18 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _cell(v) -> str:
+    if isinstance(v, float):  # significant digits for the small ones (a learning rate of 1e-4)
+        return f"{v:.4f}" if v == 0 or abs(v) >= 0.01 else f"{v:.3g}"
+    return html.escape("" if v is None else str(v))
+
+
 def _table(rows: list[dict]) -> str:
     if not rows:
         return ""
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))  # noqa: E731
     head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-    body = "".join("<tr>" + "".join(f"<td>{fmt(r.get(k, ''))}</td>" for k in keys) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(r.get(k))}</td>" for k in keys) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -96,15 +108,81 @@ def _style_section(style_dir: Path) -> str:
 
 
 def _sweeps_section(runs_dir: Path) -> str:
+    """Plain grid sweeps; an Optuna sweep's sessions are listed under their study (`_studies_section`)."""
     boards = sorted(runs_dir.glob("**/leaderboard.csv"), key=lambda p: p.stat().st_mtime, reverse=True)
     out = []
     for board in boards:
+        info = _json(board.parent / "sweep.json")
+        if info.get("study"):
+            continue
         with open(board) as f:
             rows = list(csv.DictReader(f))
-        overrides = " ".join(_json(board.parent / "sweep.json").get("overrides", []))
+        win = _json(board.parent / "winner.json")
+        acc = win.get("test", {}).get("accuracy")
+        won = (f"<p>winner {html.escape(str(win.get('run')))}: "
+               f"{f'test accuracy {acc:.4f}' if acc is not None else 'not tested'}</p>" if win else "")
         out.append(f"<h3>{html.escape(board.parent.name)}</h3><p class=prov>{html.escape(str(board.parent))}"
-                   f" · {html.escape(overrides)}</p>{_table(rows)}")
-    return ("<h2>Sweeps</h2>" + "\n".join(out)) if out else ""
+                   f" · {html.escape(' '.join(info.get('overrides', [])))}</p>{_table(rows)}{won}")
+    return ("<h2>Grid sweeps</h2>" + "\n".join(out)) if out else ""
+
+
+TOP = 25  # leaderboard rows shown per study
+
+
+def _studies_section(spec: str, runs_dir: Path) -> str:
+    """Every Optuna study in paths.studies, newest first."""
+    import optuna
+
+    from cnnlab import study as studies
+
+    if "://" not in spec and not anchored(spec).is_file():
+        return ""  # no study yet: reading must not create the file
+    url, storage = studies.storage_url(spec), studies.storage(spec)
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    # newest first: by first trial start, then by creation order (a study without trials yet)
+    summaries = [s for _, s in sorted(enumerate(summaries), reverse=True, key=lambda p: (
+        p[1].datetime_start or datetime.datetime.min, p[0]))]
+    sessions: dict[str, list[str]] = {}  # the sweep folders of each study
+    for d in sorted(runs_dir.glob("**/sweep.json")):
+        if (st := _json(d).get("study") or {}).get("storage") == url:
+            sessions.setdefault(st.get("name"), []).append(d.parent.name)
+    out = [_study_block(optuna.load_study(study_name=s.study_name, storage=storage), url,
+                        sessions.get(s.study_name, [])) for s in summaries]
+    return (f"<h2>Studies</h2><p class=prov>Optuna studies in {html.escape(url)}</p>" + "\n".join(out)
+            if out else "")
+
+
+def _study_block(study, url: str, sessions: list[str]) -> str:
+    from cnnlab import study as studies
+    from cnnlab import study_plots as plots
+
+    counts = Counter(t.state.name for t in study.get_trials(deepcopy=False))
+    setup = study.user_attrs.get("setup") or {}
+    rows = studies.rows(study)
+    best = studies.winner(study)
+    run = best.user_attrs.get("run") if best else None
+    test = _json(RunDir(anchored(run)).eval / "metrics.json") if run else {}
+    won = "<p class=muted>no winner yet</p>" if not best else (
+        _table([{"winner": f"trial {best.number}", "run": run, "value": best.value,
+                 **{f"test {k}": v for k, v in test.items() if isinstance(v, float | int)}}])
+        + ("" if test else "<p class=muted>not tested yet</p>"))
+    more = f"<p class=muted>and {len(rows) - TOP} more trials</p>" if len(rows) > TOP else ""
+    imp = plots.importances(study)
+    figs = [(plots.history(study), "objective value per trial (hollow grey: pruned) and the best so far"),
+            (plots.curves(study), "intermediate values per epoch (red: pruned, x where it stopped)"),
+            (plots.parallel(study), "parallel coordinates of the complete trials"),
+            (imp and imp[0], "parameter importances (fANOVA): "
+             + ", ".join(f"{k} {v:.2f}" for k, v in (imp[1] if imp else {}).items()))]
+    return "\n".join([
+        f"<h3>{html.escape(study.study_name)}</h3>",
+        f"<p class=prov>{html.escape(url)} · {study.direction.name.lower()} · {counts['COMPLETE']} complete, "
+        f"{counts['PRUNED']} pruned, {counts['FAIL']} failed"
+        + (f", {counts['RUNNING']} running" if counts["RUNNING"] else "")
+        + (f" · sessions: {html.escape(', '.join(sessions))}" if sessions else "") + "</p>",
+        f"<p class=prov>fixed: {html.escape(' '.join(setup.get('overrides', [])) or 'none')} · search space: "
+        f"{html.escape('; '.join(f'{k}: {v}' for k, v in setup.get('params', {}).items()) or '?')}</p>",
+        _table(rows[:TOP]) + more,
+        won, f'<div class="figs">{"".join(_png(png, caption) for png, caption in figs)}</div>'])
 
 
 # What tells experiments apart; paths, tracking and the other commands' settings do not change a model.
@@ -133,8 +211,6 @@ def _experiments_section(cfg: DictConfig) -> str:
 
 
 def _time(ms: int) -> str:
-    import datetime
-
     return datetime.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M")
 
 
@@ -144,8 +220,9 @@ def run(cfg: DictConfig) -> dict:
     sections, numbers = zip(*(_run_section(key, c) for key, c in pipeline))
     summary = {key: m for (key, _), m in zip(pipeline, numbers)}
     rows = [{"run": key, "model": c.model.name, **summary[key]} for key, c in pipeline]
-    history = (_experiments_section(cfg) + _sweeps_section(Path(cfg.paths.runs_dir))
-               if cfg.report.history else "")
+    runs_dir = Path(cfg.paths.runs_dir)
+    history = (_experiments_section(cfg) + _studies_section(str(cfg.paths.studies), runs_dir)
+               + _sweeps_section(runs_dir) if cfg.report.history else "")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>cnnlab report</title>\
 <style>{CSS}</style>
 </head><body><h1>cnnlab report</h1><p class=prov>data: {html.escape(cfg.data.name)}</p>

@@ -137,7 +137,7 @@ def run(cfg: DictConfig) -> dict:
             {"seed": cfg.seed, "style": OmegaConf.to_container(s, resolve=True)})))
     files = sorted(out.iterdir())
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    tracking.log_run_files(cfg, run_id, {"style": files}, numbers, finish=True)
+    tracking.log_run_files(cfg, run_id, {"style": files}, numbers, finish="FINISHED")
     log.info("%s: %d×%d px, %d evaluations in %.1f s (content %.3g, style %.3g, tv %.3g) → %s", name, w, h,
              metrics["iterations"], result.seconds, result.final["content"], result.final["style"],
              result.final["tv"], out)

@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import BaseFinetuning, EarlyStopping, ModelCheckpoint, RichProgressBar
 
+from cnnlab import study
 from cnnlab.io import write_csv
 from cnnlab.paths import RunDir
 from cnnlab.tasks.ema import WeightAveraging
@@ -38,7 +39,29 @@ def from_config(cfg: DictConfig, stage: RunDir, tty: bool) -> list[pl.Callback]:
     if t.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=t.monitor, mode=t.monitor_mode,
                                        patience=t.early_stopping_patience))
+    if (trial := study.current_trial()) is not None:  # a job of an Optuna sweep
+        callbacks.append(OptunaPruning(study.TrialReporter(trial), t.monitor))
     return callbacks
+
+
+class OptunaPruning(pl.Callback):
+    """Reports the monitored metric to the sweep's Optuna trial after every validation (step = epoch, from 1)
+    and stops the run when the study's pruner rejects the trial. Rank 0 decides and every rank stops with it
+    (ddp_spawn): a rank stopping alone would hang the others in their next collective."""
+
+    def __init__(self, reporter: study.TrialReporter, monitor: str):
+        self.reporter, self.monitor = reporter, monitor
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        prune = False
+        if trainer.is_global_zero and (value := trainer.callback_metrics.get(self.monitor)) is not None:
+            epoch = trainer.current_epoch + 1
+            if prune := self.reporter.report(float(value), epoch):
+                log.info("trial pruned after epoch %d (%s %.4f)", epoch, self.monitor, float(value))
+        if trainer.strategy.broadcast(prune, src=0):
+            trainer.should_stop = True
 
 
 class EpochHistory(pl.Callback):
