@@ -132,3 +132,31 @@ def test_ddp_spawn_trial_is_pruned_on_every_rank(cli, workdir, synthetic):
         "tracking.enabled=false", *NEVER_GOOD_ENOUGH, timeout=300)
     [trial] = load(workdir).trials
     assert trial.state.name == "PRUNED" and list(trial.intermediate_values) == [1]
+
+
+def test_optuna_dashboard_serves_a_study_offline(workdir):
+    import socket
+    import urllib.request
+
+    optuna.create_study(study_name="look", storage=f"sqlite:///{workdir / 'optuna.db'}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dashboard = str(Path(CNNLAB).with_name("optuna-dashboard"))
+    proc = subprocess.Popen([dashboard, f"sqlite:///{workdir / 'optuna.db'}", "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(60):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    assert "look" in r.read().decode()
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError("optuna-dashboard did not answer")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/dashboard/", timeout=5) as r:
+            assert 'src="/static/' in r.read().decode()  # its scripts are its own: no CDN
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
