@@ -15,7 +15,6 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -33,19 +32,21 @@ def sweep(workdir: Path, name: str, seed: int, trials: int, epochs: int, pruner:
     args = [*BASE, f"trainer.max_epochs={epochs}", f"hydra.sweeper.n_trials={trials}",
             f"hydra.sweeper.study_name={name}", f"hydra.sweeper.sampler.seed={seed}",
             f"hydra/sweeper/pruner={pruner}"]
-    t0 = time.perf_counter()
+    # a study already complete is not run again (n_trials is its total); the sweep still tests its winner once
     subprocess.run([CNNLAB, "train", *args], cwd=workdir, check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
-    wall = time.perf_counter() - t0
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'optuna.db'}")
     trials_ = sorted(study.trials, key=lambda t: t.number)
+    # the search's wall time, from the study itself: first trial's start to the last one's end
+    end, start = max(t.datetime_complete for t in trials_), min(t.datetime_start for t in trials_)
+    wall = (end - start).total_seconds()
     curve, spent, best = [], 0, 0.0  # best validation accuracy against epochs trained so far
     for t in trials_:
         spent += len(t.intermediate_values)
         if t.state.name == "COMPLETE":
             best = max(best, t.value)
         curve.append((spent, best))
-    [winner] = sorted(workdir.glob("runs/*/*-train-sweep/winner.json"), key=lambda p: p.stat().st_mtime)[-1:]
+    winner = max(workdir.glob("runs/*/*-train-sweep/winner.json"), key=lambda p: p.stat().st_mtime)
     return {"name": name, "seed": seed, "pruner": pruner, "epochs": spent, "wall_s": round(wall, 1),
             "pruned": sum(t.state.name == "PRUNED" for t in trials_), "best_val": study.best_value,
             "test": json.loads(winner.read_text())["test"].get("accuracy"), "curve": curve}
