@@ -64,18 +64,15 @@ def tag_job(config: DictConfig, run: Path | None, tags: dict[str, str]) -> None:
             tracking.set_tags(_task_cfg(config), run_id, tags)
 
 
-def test_once(run: Path, overrides: list[str]) -> dict:
-    """The sweep winner's test metrics: `cnnlab evaluate` of its folder, run once (a continued study keeps
-    its winner's result in the run's eval/). Test figures never steer the search: they are read after it."""
-    metrics = RunDir(run).eval / "metrics.json"
+def test_once(run: Path) -> dict:
+    """The sweep winner's test metrics: `cnnlab evaluate` of its folder with the job's own resolved config,
+    run once (a continued study keeps its winner's result in the run's eval/). Test figures never steer the
+    search: they are read after it."""
+    metrics, run_dir = RunDir(run).eval / "metrics.json", RunDir(run)
     if not metrics.is_file():
-        hydra_file = run / ".hydra" / "overrides.yaml"
-        job = list(OmegaConf.load(hydra_file)) if hydra_file.is_file() else overrides
-        job = [o for o in job if not o.lstrip("+~").startswith(("hparams_search", "out_dir="))]
-        p = subprocess.run([sys.executable, "-m", "cnnlab", "evaluate", *job, f"out_dir={run}",
-                            f"hydra.run.dir={run}", "hydra.output_subdir=null"],
-                           capture_output=True, text=True, env={k: v for k, v in os.environ.items()
-                                                                if not k.startswith("CNNLAB_OPTUNA")})
+        p = subprocess.run([sys.executable, "-m", "cnnlab", "evaluate", "--params", str(run_dir.config),
+                            f"out_dir={run}"], capture_output=True, text=True,
+                           env={k: v for k, v in os.environ.items() if not k.startswith("CNNLAB_OPTUNA")})
         if p.returncode != 0 or not metrics.is_file():
             log.warning("the sweep's winner %s was not evaluated: %s", run,
                         (p.stderr.strip().splitlines() or ["no output"])[-1])
@@ -118,7 +115,7 @@ def finish(config: DictConfig, status: str = "FINISHED") -> None:
     print(f"\nleaderboard ({d}):\n{md}")
     metrics = {f"best_{monitor}": rows[0][monitor]} if isinstance(rows[0].get(monitor), float) else {}
     if winner is not None and status == "FINISHED":
-        test = test_once(winner, [])
+        test = test_once(winner)
         metrics |= {f"test/{k}": v for k, v in test.items() if isinstance(v, float | int)}
         write_json(d / "winner.json", {"run": str(winner), **extra, "test": test})
         if test:

@@ -52,9 +52,9 @@ def run(cfg: DictConfig) -> dict:
     if not recorded.is_file():
         raise UserError(f"{recorded} is missing (the sweep ran with hydra.output_subdir=null?): the winner's "
                         "settings are unknown")
-    # the search's own switches are not the winner's settings; paths stay the pipeline's
-    overrides = [o for o in OmegaConf.load(recorded)
-                 if not o.lstrip("+~").startswith(("hparams_search", "out_dir=", "hydra.", "hydra/"))]
+    # all of them, hparams_search=<x> too: its defaults may choose groups (model=cnn); what it sets under
+    # hydra: is not part of params.yaml. Paths stay the pipeline's.
+    overrides = [o for o in OmegaConf.load(recorded) if not o.lstrip("+~").startswith(("out_dir=", "hydra"))]
     # a DVC experiment name is a git ref: no spaces, colons, brackets...
     name = re.sub(r"[^\w.-]+", "-", cfg.promote.name or name).strip("-.")
     command = ["dvc", "exp", "run", "-n", name, *(a for o in overrides for a in ("-S", o))]
