@@ -16,6 +16,8 @@ COMMANDS = {
     "summary": "Keras-style table of a model's layers, output shapes and parameter counts",
     "train": "train a model (Lightning), checkpoints + history + one MLflow run",
     "evaluate": "test-split metrics, confusion matrix, prediction grids of a run → <out_dir>/eval/",
+    "export": "a trained model → ONNX + torch.export (.pt2) with its preprocessing, checked against PyTorch "
+              "→ <out_dir>/export/",
     "predict": "top-k classes of image files, with a trained checkpoint or the ImageNet backbone",
     "style": "neural style transfer (Gatys et al.) → <out_dir>/<content>_<style>/",
     "report": "one self-contained index.html: the pipeline's runs, style transfer, every experiment "
@@ -39,7 +41,7 @@ composed config file instead of conf/ (what DVC stages do), with key=value overr
 
 # Commands that write results: to out_dir, else to the folder Hydra makes for this command under
 # paths.runs_dir.
-WRITES = ("train", "evaluate", "style", "visualize", "report")
+WRITES = ("train", "evaluate", "style", "visualize", "report", "export")
 
 
 def _one_line(text: str) -> str:

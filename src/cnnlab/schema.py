@@ -160,13 +160,17 @@ Config = section(
     paths=Locations, pipeline=Locations, data=Data,
     model=section("Model", name=Str, input_shape=Shape, net=Net), optimizer=Optimizer,
     scheduler=Scheduler | None, trainer=Trainer, train=Train,  # scheduler null or {}: a constant lr
-    tracking=section("Tracking", enabled=Bool, uri=OptStr, experiment=Str), style=Style, visualize=Visualize,
+    tracking=section("Tracking", enabled=Bool, uri=OptStr, experiment=Str, registered_model=OptStr,
+                     alias=Str, alias_if_better=OptStr), style=Style, visualize=Visualize,
     evaluate=section("Evaluate", ckpt=OptStr, device=Device, batch_size=Count, tta=Bool, grid_size=Count0,
                      mistakes=Count0, gradcam=Count0),
     predict=section("Predict", ckpt=OptStr, image=OptStr, top_k=Count, backbone=Str, weights_path=OptStr,
+                    batch_size=Count, output=OptStr,
                     center_crop=rule(float, "must be a number in (0, 1]", gt=0, le=1)),
     summary=section("Summary", input_shape=Shape, num_classes=or_null(Count)),  # null: 10
     report=section("Report", history=Bool),
+    export=section("Export", source=OptStr, formats=Strs, input_dtype=one_of("uint8", "float32"),
+                   atol=Pos, check_images=Count),
     promote=section("Promote", study=OptStr, sweep=OptStr, name=OptStr, run=Bool),
     runs=dict[str, dict])  # each run is also checked laid over the root (select_run)
 
@@ -178,11 +182,12 @@ SECTIONS = {
     "train": ("seed", "deterministic", "resume", "run_name", "out_dir", "paths", "data", "model", "optimizer",
               "scheduler", "trainer", "train", "tracking"),
     "evaluate": ("seed", "run_name", "out_dir", "paths", "data", "evaluate", "tracking"),
-    "predict": ("predict",),
+    "predict": ("predict", "tracking"),
     "style": ("seed", "out_dir", "paths", "style", "tracking"),
     "visualize": ("seed", "out_dir", "paths", "data", "visualize"),
     "report": ("run_name", "out_dir", "paths", "pipeline", "report"),
     "promote": ("paths", "promote"),
+    "export": ("out_dir", "paths", "data", "export", "tracking"),
 }
 # Where a command puts its work: a GPU asked for where there is none fails late (after loading data) and deep.
 DEVICE_KEYS = {"train": "trainer.accelerator", "evaluate": "evaluate.device", "style": "style.device",

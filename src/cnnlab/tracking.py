@@ -189,6 +189,49 @@ def set_tags(cfg: DictConfig, run_id: str, tags: dict[str, str]) -> None:
         log.warning("MLflow: tags %s not set (%s: %s)", list(tags), type(e).__name__, e)
 
 
+def register_model(cfg: DictConfig, run_id: str, metrics: dict[str, float]) -> str | None:
+    """The run's logged model → a new version of `tracking.registered_model` in the Model Registry, tagged
+    with data hash, git and `metrics`; `tracking.alias` moves to it (with `alias_if_better`, only when it
+    beats the version that holds the alias on that metric, higher being better). Returns the version."""
+    t = cfg.tracking
+    if (uri := usable_uri(cfg)) is None:
+        return None
+    import mlflow
+    from mlflow import MlflowClient
+
+    try:
+        mlflow.set_tracking_uri(uri)
+        client = MlflowClient(uri)
+        run = client.get_run(run_id)
+        logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
+                                             filter_string=f"source_run_id = '{run_id}'")
+        if not logged:
+            log.warning("MLflow: run %s logged no model; nothing registered", run_id)
+            return None
+        tags = {k: run.data.tags[k] for k in ("data_hash", "git_sha", "git_dirty", "dvc_exp_name", "sweep_id")
+                if k in run.data.tags}
+        version = mlflow.register_model(logged[0].model_uri, t.registered_model,
+                                        tags={**tags, "mlflow_run_id": run_id,
+                                              **{k: str(v) for k, v in metrics.items()}}).version
+        holder, better = None, True
+        if t.alias_if_better:
+            try:
+                holder = client.get_model_version_by_alias(t.registered_model, t.alias)
+            except Exception:  # nobody holds it yet
+                holder = None
+            if holder is not None and t.alias_if_better in holder.tags:
+                better = metrics.get(t.alias_if_better, float("-inf")) > float(holder.tags[t.alias_if_better])
+        if better:
+            client.set_registered_model_alias(t.registered_model, t.alias, version)
+        log.info("registered %s version %s%s", t.registered_model, version,
+                 f" as @{t.alias}" if better else f" (@{t.alias} stays on version {holder.version}: "
+                 f"{t.alias_if_better} not better)")
+        return version
+    except Exception as e:  # the local files and the run are complete; the registry is a convenience
+        log.warning("MLflow: model not registered (%s: %s)", type(e).__name__, e)
+        return None
+
+
 def delete_run(cfg: DictConfig, run_id: str | None) -> None:
     """Remove a run that recorded nothing (a sweep refused before its first job)."""
     if run_id is None or (uri := usable_uri(cfg)) is None:

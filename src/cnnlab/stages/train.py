@@ -134,4 +134,7 @@ def _log_outputs(mlflow_logger: SafeMLFlowLogger, run: RunDir, data: Path) -> No
     for f, sub in ((run.config, None), (run.best, "checkpoints"), (run.train / "history.csv", None)):
         mlflow_logger.log_artifact(f, sub)
     example = load_split(data, "val").images[:2].float().div(255).numpy()
-    log_model(mlflow_logger, Classifier.load(run.best).inference_net().eval(), example)
+    model = Classifier.load(run.best)
+    log_model(mlflow_logger, model.inference_net().eval(), example,
+              {"classes": list(model.hparams.class_names), "in_shape": list(model.hparams.in_shape),
+               "input": "float32 [B,C,H,W] in [0, 1], RGB", "output": "logits"})

@@ -62,8 +62,9 @@ def make_logger(cfg: DictConfig, run_id: str | None = None, parent_run_id: str |
                              **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})})
 
 
-def log_model(logger: SafeMLFlowLogger, net, example) -> None:
-    """`mlflow.pytorch.log_model` into the training run, with an input example (so a signature)."""
+def log_model(logger: SafeMLFlowLogger, net, example, metadata: dict) -> None:
+    """`mlflow.pytorch.log_model` into the training run, with an input example (so a signature) and what a
+    user of the model needs to know (`metadata`: classes, input shape)."""
     import mlflow
     import torch
 
@@ -71,7 +72,7 @@ def log_model(logger: SafeMLFlowLogger, net, example) -> None:
         mlflow.set_tracking_uri(logger._tracking_uri)
         with mlflow.start_run(run_id=logger.run_id):
             # explicit requirements: MLflow's inference would import-trace the model in a subprocess (slow)
-            mlflow.pytorch.log_model(net, name="model", input_example=example,
+            mlflow.pytorch.log_model(net, name="model", input_example=example, metadata=metadata,
                                      pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
 
     logger._guard("model", _log)
