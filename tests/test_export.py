@@ -75,6 +75,9 @@ def test_registry_alias_and_every_model_source_agree(cfg, workdir, synthetic):
     register = ["tracking.registered_model=tiny", "tracking.alias_if_better=test/accuracy"]
     metrics = evaluate.run(cfg(*TINY, *register))
     client = MlflowClient(tracking_uri(c))
+    run_id = json.loads((workdir / "out/model/run.json").read_text())["mlflow_run_id"]
+    assert {Path(a.path).name for a in client.list_artifacts(run_id, "export")} == {
+        "model.json", "model.onnx", "model.pt2"}  # the export, logged with the run
     v = client.get_model_version_by_alias("tiny", "champion")
     assert str(v.version) == "1" and float(v.tags["test/accuracy"]) == metrics["accuracy"]
     assert v.tags["data_hash"] and v.tags["git_sha"] and v.tags["mlflow_run_id"]

@@ -32,7 +32,8 @@ def leaderboard(workdir: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_multirun_parent_run_children_and_leaderboard(cli, workdir, synthetic):
-    out = cli("train", "-m", *SWEEP, "optimizer.lr=1e-3,1e-2").stdout
+    # registered: the winner, the one run tested, and only it
+    out = cli("train", "-m", *SWEEP, "optimizer.lr=1e-3,1e-2", "tracking.registered_model=best").stdout
     assert "leaderboard" in out
     rows = leaderboard(workdir)
     assert len(rows) == 2 and {r["status"] for r in rows} == {"ok"}
@@ -53,10 +54,15 @@ def test_multirun_parent_run_children_and_leaderboard(cli, workdir, synthetic):
     assert won["run"] == rows[0]["run"] and 0.0 <= won["test"]["accuracy"] <= 1.0
     assert parent.data.metrics["test/accuracy"] == won["test"]["accuracy"]
     assert (workdir / won["run"] / "eval/metrics.json").is_file()
+    client = MlflowClient(f"sqlite:///{(workdir / 'mlflow.db').resolve()}")
+    [version] = client.search_model_versions("name='best'")
+    winner_run = json.loads((workdir / won["run"] / "model/run.json").read_text())["mlflow_run_id"]
+    assert version.run_id == winner_run
+    assert client.get_model_version_by_alias("best", "champion").version == version.version
 
     # promote: the winner's own overrides, as the DVC experiment that gives it the whole pipeline
     out = cli("promote").stdout
-    assert "dvc exp run -n" in out and f"-S optimizer.lr={rows[0]['overrides'].split('lr=')[1]}" in out
+    assert "dvc exp run -n" in out and f"-S optimizer.lr={rows[0]['overrides'].split('lr=')[1].split()[0]}" in out
     overrides = out.split("dvc exp run -n ")[1].split()[1:][1::2]
     composed = OmegaConf.to_container(compose(overrides), resolve=True)
     trained = yaml.safe_load((workdir / won["run"] / "model/config.yaml").read_text())

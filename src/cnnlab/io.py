@@ -110,14 +110,14 @@ def _clear_dead(path: Path) -> None:
     (`.<name>.old-<pid>`) that writers of `path` killed mid-write left beside it; a living writer's stay."""
     left = re.compile(rf"\.{re.escape(path.name)}\.(?:(\d+)-[a-z0-9_]{{8}}\.tmp|old-(\d+))")
     for p in path.parent.iterdir():
-        if (m := left.fullmatch(p.name)) and not _alive(int(m[1] or m[2])):
+        if (m := left.fullmatch(p.name)) and not pid_alive(int(m[1] or m[2])):
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p)
             else:
                 p.unlink()
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -21,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.errors import UserError
+from cnnlab.io import pid_alive
 from cnnlab.paths import anchored
 
 log = logging.getLogger(__name__)
@@ -112,16 +113,6 @@ def load(spec: str, name: str):
                         f"{', '.join(names) or 'none'}") from None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 def owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -134,7 +125,7 @@ def recover(study) -> list[int]:
     host, retried = socket.gethostname(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         who, _, pid = str(t.user_attrs.get("owner", "")).rpartition(":")
-        if who == host and pid.isdigit() and not _alive(int(pid)):
+        if who == host and pid.isdigit() and not pid_alive(int(pid)):
             study.tell(t.number, state=TrialState.FAIL)
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
             retried.append(t.number)
