@@ -99,6 +99,9 @@ def test_registry_alias_and_every_model_source_agree(cfg, workdir, synthetic):
     top1 = {k: {f: r[0]["class"] for f, r in predict.run(cfg(f"predict.ckpt={s}", f"predict.image={folder}"))
                 .items()} for k, s in sources.items()}
     assert top1["ckpt"] == top1["onnx"] == top1["registry"]
+    # and the registered model exports too (its network normalises itself)
+    info = export_stage.run(cfg(*TINY, "out_dir=from_registry", "export.source=models:/tiny@champion"))
+    assert info["check"]["onnx"]["top1_agreement"] == 1 and info["source"] == "models:/tiny@champion"
 
 
 def _images(workdir: Path, n: int = 12) -> Path:

@@ -81,7 +81,8 @@ def export(net: torch.nn.Module, mean: list[float], std: list[float], images: to
     module in PyTorch; a test passes a broken one to see the check fail)."""
     if unknown := set(formats) - set(FORMATS):
         raise UserError(f"export.formats: unknown {sorted(unknown)}; valid: {', '.join(FORMATS)}")
-    module = ExportNet(net, mean, std, uint8).eval()
+    # `net` comes in eval mode; the registry's (an exported program's module) refuses .eval() itself
+    module = ExportNet(net, mean, std, uint8)
     x = images if uint8 else images.float() / 255
     # batch 2 in the traced example: a size-1 dimension would be specialised to a constant
     example, dims = x[:2].contiguous(), {"images": {0: torch.export.Dim("batch", min=1, max=65536)}}

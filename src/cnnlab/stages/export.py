@@ -51,7 +51,7 @@ def run(cfg: DictConfig) -> dict:
             "mlflow_run_id": prov.get("mlflow_run_id"), "git_sha": prov.get("git_sha"),
             "data_hash": prov.get("data_hash") or manifest_hash(data)}
     folder = run.root / "export"
-    info = export(net.eval(), mean, std, images, folder, meta, uint8=x.input_dtype == "uint8", atol=x.atol,
+    info = export(net, mean, std, images, folder, meta, uint8=x.input_dtype == "uint8", atol=x.atol,
                   formats=tuple(x.formats))
     if meta["mlflow_run_id"]:
         tracking.log_run_files(cfg, meta["mlflow_run_id"], {"export": sorted(folder.iterdir())}, {})
