@@ -28,10 +28,11 @@ BASE = ["data=fashion_mnist", "data.val_size=2000", "train.per_class=300", "hpar
         "tracking.enabled=false", "evaluate.gradcam=0"]
 
 
-def sweep(workdir: Path, name: str, seed: int, trials: int, epochs: int, pruner: str) -> dict:
+def sweep(workdir: Path, name: str, seed: int, trials: int, epochs: int, pruner: str,
+          extra: list[str]) -> dict:
     args = [*BASE, f"trainer.max_epochs={epochs}", f"hydra.sweeper.n_trials={trials}",
             f"hydra.sweeper.study_name={name}", f"hydra.sweeper.sampler.seed={seed}",
-            f"hydra/sweeper/pruner={pruner}"]
+            f"hydra/sweeper/pruner={pruner}", *extra]
     # a study already complete is not run again (n_trials is its total); the sweep still tests its winner once
     subprocess.run([CNNLAB, "train", *args], cwd=workdir, check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
@@ -68,13 +69,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=6, help="maximum epochs per trial")
     ap.add_argument("--pruner", default="median", help="hydra/sweeper/pruner choice to compare with none")
     ap.add_argument("--tolerance", type=float, default=0.003, help="0.3 points of accuracy")
+    ap.add_argument("--label", default="", help="names the pruned arm's studies (e.g. a pruner setting)")
+    ap.add_argument("overrides", nargs="*",
+                    help="for the pruned arm, e.g. hydra.sweeper.pruner.n_warmup_steps=1")
     a = ap.parse_args(argv)
     a.workdir.mkdir(parents=True, exist_ok=True)
     subprocess.run([CNNLAB, "prepare", *BASE[:2]], cwd=a.workdir, check=True, stdout=subprocess.DEVNULL)
     results = []
     for seed in a.seeds:
-        for pruner in ("none", a.pruner):
-            results.append(sweep(a.workdir, f"bench-{pruner}-s{seed}", seed, a.trials, a.epochs, pruner))
+        for pruner in ("none", a.pruner):  # the unpruned studies are complete after one run: reused
+            label = f"{pruner}{a.label}" if pruner != "none" else pruner
+            results.append(sweep(a.workdir, f"bench-{label}-s{seed}", seed, a.trials, a.epochs, pruner,
+                                 a.overrides if pruner != "none" else []))
             r = results[-1]
             print(f"seed {seed} {pruner:>9}: {r['epochs']} epochs, {r['wall_s']} s, {r['pruned']} pruned, "
                   f"best val {r['best_val']:.4f}, winner test {r['test']:.4f}", flush=True)
@@ -83,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         pruned["reach_fraction"] = None if reach is None else round(reach / full["epochs"], 3)
         print(f"seed {seed}: pruned sweep within {a.tolerance:.3f} of unpruned best after "
               f"{reach} of the unpruned {full['epochs']} epochs ({pruned['reach_fraction']})", flush=True)
-    (a.workdir / "sweep_pruning.json").write_text(json.dumps(results, indent=1))
+    (a.workdir / f"sweep_pruning-{a.pruner}{a.label}.json").write_text(json.dumps(results, indent=1))
     print("\n| pruner | trained epochs | wall s | pruned trials | best val acc | winner test acc | "
           "compute to reach unpruned best − tol |\n| --- | --- | --- | --- | --- | --- | --- |")
     for pruner in ("none", a.pruner):
