@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=6, help="maximum epochs per trial")
     ap.add_argument("--pruner", default="median", help="hydra/sweeper/pruner choice to compare with none")
     ap.add_argument("--tolerance", type=float, default=0.003, help="0.3 points of accuracy")
+    ap.add_argument("--pruned-trials", type=int, default=None,
+                    help="trials of the pruned arm (default --trials): more trials for the compute it saves")
     ap.add_argument("--label", default="", help="names the pruned arm's studies (e.g. a pruner setting)")
     ap.add_argument("overrides", nargs="*",
                     help="for the pruned arm, e.g. hydra.sweeper.pruner.n_warmup_steps=1")
@@ -79,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     for seed in a.seeds:
         for pruner in ("none", a.pruner):  # the unpruned studies are complete after one run: reused
             label = f"{pruner}{a.label}" if pruner != "none" else pruner
-            results.append(sweep(a.workdir, f"bench-{label}-s{seed}", seed, a.trials, a.epochs, pruner,
+            trials = a.trials if pruner == "none" else a.pruned_trials or a.trials
+            results.append(sweep(a.workdir, f"bench-{label}-s{seed}", seed, trials, a.epochs, pruner,
                                  a.overrides if pruner != "none" else []))
             r = results[-1]
             print(f"seed {seed} {pruner:>9}: {r['epochs']} epochs, {r['wall_s']} s, {r['pruned']} pruned, "
