@@ -99,15 +99,16 @@ def test_exact_reruns_fixed_metric_columns_and_remote(repo, tmp_path):
         sh("git", "checkout", "-q", "params.yaml", "dvc.lock", cwd=repo)
         sh("dvc", "checkout", "-q", cwd=repo)
 
-    # two experiments with different models: their accuracy is in the same `dvc exp show` column
-    for name, model in (("mlp", "seed_mlp"), ("cnn", "cnn")):
-        sh("dvc", "exp", "run", "-n", name, *[a for o in TINY for a in ("-S", o)], "-S", f"model={model}",
-           cwd=repo)
+    # an experiment with another model: its accuracy is in the baseline's `dvc exp show` column
+    sh("dvc", "exp", "run", "-n", "mlp", *[a for o in TINY for a in ("-S", o)], "-S", "model=seed_mlp",
+       cwd=repo)
     table = sh("dvc", "exp", "show", "--csv", "--only-changed", cwd=repo).splitlines()
     header = table[0].split(",")
     col = header.index("scratch.test_accuracy")  # one metrics file: no path in the column names
-    rows = {r.split(",")[header.index("Experiment")]: r.split(",") for r in table[1:]}
-    assert all(0 <= float(rows[n][col]) <= 1 for n in ("mlp", "cnn")) and rows["mlp"][col] != rows["cnn"][col]
+    rows = {r.split(",")[header.index("Experiment")] or r.split(",")[header.index("rev")]: r.split(",")
+            for r in table[1:]}
+    assert all(0 <= float(rows[n][col]) <= 1 for n in ("mlp", "workspace"))
+    assert rows["mlp"][col] != rows["main" if "main" in rows else "master"][col]
     assert header.count("scratch.test_accuracy") == 1  # one column, whatever the model
 
     # the remote round trip: push outputs to a local-directory remote, pull them into a fresh clone
@@ -136,8 +137,8 @@ def test_user_runs_survive_dvc_and_queued_experiments_reach_mlflow(repo):
     assert any(k.endswith("astronaut_immunohistochemistry/result.png") for k in before)
     assert clean(repo)
 
-    # two queued experiments: they run in DVC's temporary copies, and land in the project's one MLflow store
-    sh("dvc", "exp", "run", "--queue", *[a for o in TINY for a in ("-S", o)], "-S", "optimizer.lr=2e-3,3e-3",
+    # a queued experiment: it runs in DVC's temporary copy, and lands in the project's one MLflow store
+    sh("dvc", "exp", "run", "--queue", *[a for o in TINY for a in ("-S", o)], "-S", "optimizer.lr=2e-3",
        cwd=repo)
     sh("dvc", "queue", "start", cwd=repo)
     deadline = time.time() + 600
@@ -146,7 +147,7 @@ def test_user_runs_survive_dvc_and_queued_experiments_reach_mlflow(repo):
         time.sleep(2)
     status = sh("dvc", "queue", "status", cwd=repo)
     failed = [line.split()[1] for line in status.splitlines() if "Failed" in line]
-    assert status.count("Success") == 2, status + "".join(sh("dvc", "queue", "logs", n, cwd=repo)
+    assert status.count("Success") == 1, status + "".join(sh("dvc", "queue", "logs", n, cwd=repo)
                                                           for n in failed)
     names = {line.split()[1] for line in status.splitlines()[1:] if "Success" in line}
     runs = mlflow_runs(repo)
