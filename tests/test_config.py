@@ -49,7 +49,9 @@ def test_drift_names_the_keys_a_hand_edit_changed(cfg, tmp_path, workdir):
     OmegaConf.resolve(c)
     text = OmegaConf.to_yaml(c)
     assert differing_keys(text, text) == []
-    (tmp_path / "p.yaml").write_text(text.replace("lr: 0.001", "lr: 0.005"))
-    assert drift(cfg(), tmp_path / "p.yaml") == ["optimizer.lr", "runs.transfer.optimizer.lr"]
-    note_params(cfg(), tmp_path / "p.yaml")  # what `dvc exp run -S` composed: no hand edit
-    assert drift(cfg(), tmp_path / "p.yaml") == []
+    (tmp_path / "params.yaml").write_text(text.replace("lr: 0.001", "lr: 0.005"))  # paths.params_file
+    assert drift(cfg(), tmp_path / "params.yaml") == ["optimizer.lr", "runs.transfer.optimizer.lr"]
+    (tmp_path / "run.yaml").write_text(text.replace("lr: 0.001", "lr: 0.005"))  # a run's config
+    assert drift(cfg(), tmp_path / "run.yaml") == []
+    note_params(cfg(), tmp_path / "params.yaml")  # what `dvc exp run -S` composed: no hand edit
+    assert drift(cfg(), tmp_path / "params.yaml") == []

@@ -8,7 +8,6 @@ import os
 import re
 import sys
 import warnings
-from pathlib import Path
 
 COMMANDS = {
     "params": "compose conf/ (+ overrides) into params.yaml, the file DVC stages read",
@@ -184,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
             # later); a plain `dvc repro` should find exactly conf/'s
             if params is not None and os.environ.get("DVC_EXP_NAME"):
                 note_params(cfg, params)
-            elif params is not None and Path(params).name == "params.yaml" and (keys := drift(cfg, params)):
+            elif params is not None and (keys := drift(cfg, params)):
                 logging.getLogger("cnnlab").warning(
                     "%s is not the composition of conf/ (differs in %s): run `cnnlab params` to regenerate "
                     "it, or put the change in conf/", params,

@@ -133,6 +133,10 @@ def drift(cfg: DictConfig, path: str | Path) -> list[str]:
     revert."""
     from omegaconf import OmegaConf
 
+    from cnnlab.paths import anchored
+
+    if Path(path).resolve() != anchored(cfg.paths.params_file).resolve():
+        return []  # another composed file (a run's config.yaml): conf/ is not what it claims to be
     text, record = Path(path).read_text(), params_record(cfg)
     if record.is_file() and record.read_text().strip() == sha256_text(text):
         return []

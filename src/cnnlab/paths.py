@@ -3,6 +3,7 @@ root that anchors the MLflow store."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -56,6 +57,20 @@ def latest_run(cfg: DictConfig, ckpt: str = "last.ckpt") -> Path | None:
     newest = max(Path(cfg.paths.runs_dir).glob(f"**/model/{ckpt}"), key=lambda p: p.stat().st_mtime,
                  default=None)
     return newest.parents[1] if newest else None
+
+
+def provenance(model_dir: Path) -> dict:
+    """run.json beside a checkpoint (MLflow run id, git, data hash), or {} for a checkpoint from elsewhere."""
+    f = Path(model_dir) / "run.json"
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+TRIAL_ENV = "CNNLAB_OPTUNA_TRIAL"  # set by the Optuna sweeper in each job (hydra.job.env_set)
+
+
+def optuna_trial() -> int | None:
+    """The Optuna trial number of this sweep job, or None."""
+    return int(n) if (n := os.environ.get(TRIAL_ENV)) is not None else None
 
 
 def sweep_dir() -> Path | None:

@@ -18,15 +18,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from cnnlab.errors import UserError
 from cnnlab.io import pid_alive
-from cnnlab.paths import anchored
+from cnnlab.paths import anchored, optuna_trial
 
 log = logging.getLogger(__name__)
 
-TRIAL_ENV = "CNNLAB_OPTUNA_TRIAL"  # the trial number of a sweep job, set by the sweeper
 DIRECTIONS = {"max": "maximize", "maximize": "maximize", "min": "minimize", "minimize": "minimize"}
 
 
@@ -94,10 +93,10 @@ def open_study(spec: str, name: str, direction: str, sampler=None, pruner=None, 
     if (before := study.user_attrs.get("setup")) is None:
         study.set_user_attr("setup", setup)
     elif before != setup:
-        changed = ", ".join(k for k in setup if setup[k] != before.get(k))
-        raise UserError(f"study {name!r} in {storage_url(spec)} ran with other settings ({changed}: "
-                        f"{before.get(changed.split(', ')[0])}); continue it with the same command, or start "
-                        "another with hydra.sweeper.study_name=<new name>")
+        key = next(k for k in setup if setup[k] != before.get(k))
+        raise UserError(f"study {name!r} in {storage_url(spec)} ran with other settings ({key}: "
+                        f"{before.get(key)}); continue it with the same command, or start another with "
+                        "hydra.sweeper.study_name=<new name>")
     return study
 
 
@@ -181,11 +180,10 @@ def current_trial() -> dict | None:
     """In a job of an Optuna sweep: where its trial is ({storage, study, number, pruner}); None otherwise."""
     from hydra.core.hydra_config import HydraConfig
 
-    number = os.environ.get(TRIAL_ENV)
-    if number is None or not HydraConfig.initialized():
+    if (number := optuna_trial()) is None or not HydraConfig.initialized():
         return None
     sweeper = HydraConfig.get().sweeper
-    return {"storage": sweeper.storage, "study": sweeper.study_name, "number": int(number),
+    return {"storage": sweeper.storage, "study": sweeper.study_name, "number": number,
             "pruner": OmegaConf.to_container(sweeper.pruner, resolve=True) if sweeper.pruner else None}
 
 
@@ -219,10 +217,6 @@ class TrialReporter:
 def setup_of(space: Mapping[str, Any], fixed: list[str]) -> dict:
     """What makes two sessions of a study the same experiment."""
     return {"overrides": sorted(fixed), "params": {k: str(v) for k, v in sorted(space.items())}}
-
-
-def as_dict(node: DictConfig | Mapping | None) -> dict:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
 
 
 def job_dir(ret) -> Path | None:

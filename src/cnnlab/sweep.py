@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab import tracking
 from cnnlab.io import write_csv, write_json, write_text
-from cnnlab.paths import RunDir, sweep_dir
+from cnnlab.paths import RunDir, provenance, sweep_dir
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def _task_cfg(config: DictConfig) -> DictConfig:
     return OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
 
 
-def markdown(rows: list[dict]) -> str:
+def _markdown(rows: list[dict]) -> str:
     fields = list(dict.fromkeys(k for r in rows for k in r))
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v if v is not None else "")  # noqa: E731
     return "\n".join(["| " + " | ".join(fields) + " |", "|" + " --- |" * len(fields)]
@@ -58,21 +58,18 @@ def study_of(config: DictConfig) -> dict | None:
 
 def tag_job(config: DictConfig, run: Path | None, tags: dict[str, str]) -> None:
     """Tags on a job's MLflow run (found through its run.json)."""
-    run_json = RunDir(run).run_json if run else None
-    if run_json is not None and run_json.is_file():
-        if run_id := json.loads(run_json.read_text()).get("mlflow_run_id"):
-            tracking.set_tags(_task_cfg(config), run_id, tags)
+    if run and (run_id := provenance(RunDir(run).model).get("mlflow_run_id")):
+        tracking.set_tags(_task_cfg(config), run_id, tags)
 
 
 def test_once(run: Path) -> dict:
     """The sweep winner's test metrics: `cnnlab evaluate` of its folder with the job's own resolved config,
     run once (a continued study keeps its winner's result in the run's eval/). Test figures never steer the
     search: they are read after it."""
-    metrics, run_dir = RunDir(run).eval / "metrics.json", RunDir(run)
+    metrics = RunDir(run).eval / "metrics.json"
     if not metrics.is_file():
-        p = subprocess.run([sys.executable, "-m", "cnnlab", "evaluate", "--params", str(run_dir.config),
-                            f"out_dir={run}"], capture_output=True, text=True,
-                           env={k: v for k, v in os.environ.items() if not k.startswith("CNNLAB_OPTUNA")})
+        p = subprocess.run([sys.executable, "-m", "cnnlab", "evaluate", "--params", str(RunDir(run).config),
+                            f"out_dir={run}"], capture_output=True, text=True)
         if p.returncode != 0 or not metrics.is_file():
             log.warning("the sweep's winner %s was not evaluated: %s", run,
                         (p.stderr.strip().splitlines() or ["no output"])[-1])
@@ -111,7 +108,7 @@ def finish(config: DictConfig, status: str = "FINISHED") -> None:
         tracking.log_run_files(cfg, info.get("parent_run_id"), {}, {}, finish=status)
         return
     write_csv(rows, d / "leaderboard.csv")
-    write_text(d / "leaderboard.md", md := markdown(rows))
+    write_text(d / "leaderboard.md", md := _markdown(rows))
     print(f"\nleaderboard ({d}):\n{md}")
     metrics = {f"best_{monitor}": rows[0][monitor]} if isinstance(rows[0].get(monitor), float) else {}
     if winner is not None and status == "FINISHED":

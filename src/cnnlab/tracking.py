@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.config import flat
-from cnnlab.paths import anchored, sweep_dir
+from cnnlab.paths import anchored, optuna_trial, sweep_dir
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def run_name(name: str) -> str:
         from hydra.core.hydra_config import HydraConfig
 
         num = OmegaConf.select(HydraConfig.get(), "job.num", default=None)  # unset for the sweep's parent run
-        if (trial := os.environ.get("CNNLAB_OPTUNA_TRIAL")) is not None:  # an Optuna trial: its number
+        if (trial := optuna_trial()) is not None:  # an Optuna trial: its number
             name = f"{name}/trial{trial}"
         elif num is not None:
             name = f"{name}/job{num}"

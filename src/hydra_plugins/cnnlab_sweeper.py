@@ -12,11 +12,12 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cnnlab import study as studies
 from cnnlab import sweep
 from cnnlab.errors import UserError
+from cnnlab.paths import TRIAL_ENV
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,8 @@ class OptunaSweeper(Sweeper):
                  params: DictConfig | None) -> None:
         self.storage, self.study_name, self.direction = storage, study_name, direction
         self.n_trials, self.n_jobs, self.max_failures = n_trials, n_jobs, max_failures
-        self.sampler_cfg, self.pruner_cfg, self.params = sampler, pruner, studies.as_dict(params)
+        self.sampler_cfg, self.pruner_cfg = sampler, pruner
+        self.params = OmegaConf.to_container(params, resolve=True) if params else {}
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.config = config
@@ -91,7 +93,7 @@ class OptunaSweeper(Sweeper):
             for t in batch:
                 t.set_user_attr("owner", studies.owner())
             overrides = [[*fixed, *(f"{k}={v}" for k, v in t.params.items()),
-                          f"++hydra.job.env_set.{studies.TRIAL_ENV}={t.number}"] for t in batch]
+                          f"++hydra.job.env_set.{TRIAL_ENV}={t.number}"] for t in batch]
             results = self.launcher.launch(overrides, initial_job_idx=job)
             job += len(batch)
             for t, ret in zip(batch, results):

@@ -23,7 +23,6 @@ class ExportedModel:
         meta = read_meta(Path(path))
         self.session, self.uint8 = onnx_session(Path(path)), meta["input"]["dtype"] == "uint8"
         self.hparams = AttributeDict(class_names=meta["classes"], in_shape=tuple(meta["input"]["shape"][1:]))
-        self.device = torch.device("cpu")
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         from cnnlab.export import onnx_logits

@@ -5,7 +5,6 @@ logged into the MLflow run that trained the checkpoint."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from cnnlab.errors import UserError
 from cnnlab.evaluation.inference import Model, device_for, open_model, predict_logits
 from cnnlab.io import atomic_dir, write_json
 from cnnlab.models import check_input_shape
-from cnnlab.paths import data_dir, latest_run, run_dir
+from cnnlab.paths import data_dir, latest_run, provenance, run_dir
 from cnnlab.tasks.callbacks import read_history
 from cnnlab.tasks.classifier import Classifier
 
@@ -51,9 +50,7 @@ def run(cfg: DictConfig) -> dict:
     with atomic_dir(run.eval) as out:  # a failure on the way leaves the previous evaluation whole
         _write(cfg, out, model, test, logits, names, metrics, run.train / "history.csv")
     # the MLflow run that trained this checkpoint (its run.json lies beside it), if it was tracked
-    run_json = ckpt.parent / "run.json"
-    run_id = json.loads(run_json.read_text()).get("mlflow_run_id") if run_json.is_file() and isinstance(
-        model, Classifier) else None
+    run_id = provenance(ckpt.parent).get("mlflow_run_id") if isinstance(model, Classifier) else None
     scalars = {f"test/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
     tracking.log_run_files(cfg, run_id, {"eval": [run.eval / f for f in ("metrics.json", "per_class.json",
                                                                           "confusion.json")],

@@ -5,7 +5,6 @@ it."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from cnnlab.data.prepared import load_manifest, load_split, manifest_hash
 from cnnlab.errors import UserError
 from cnnlab.evaluation.inference import ExportedModel, open_model
 from cnnlab.export import export
-from cnnlab.paths import data_dir, latest_run, run_dir
+from cnnlab.paths import data_dir, latest_run, provenance, run_dir
 from cnnlab.tasks.classifier import Classifier
 
 log = logging.getLogger(__name__)
@@ -45,8 +44,7 @@ def run(cfg: DictConfig) -> dict:
         net, mean, std = model.net, model.mean.flatten().tolist(), model.std.flatten().tolist()
     else:  # the registry's network takes [0, 1] images and normalises them itself
         net, mean, std = model.net, [0.0] * images.shape[1], [1.0] * images.shape[1]
-    prov_file = Path(source).parent / "run.json"
-    prov = json.loads(prov_file.read_text()) if isinstance(model, Classifier) and prov_file.is_file() else {}
+    prov = provenance(Path(source).parent) if isinstance(model, Classifier) else {}
     meta = {"classes": list(model.hparams.class_names), "source": source,
             "mlflow_run_id": prov.get("mlflow_run_id"), "git_sha": prov.get("git_sha"),
             "data_hash": prov.get("data_hash") or manifest_hash(data)}
