@@ -15,17 +15,19 @@ import sys
 import time
 from pathlib import Path
 
-CNNLAB = str(Path(sys.executable).with_name("cnnlab"))
+# `python -m cnnlab`, not the console script: benchmarks/gpu_check.sh runs from the source tree, uninstalled
+CNNLAB = [sys.executable, "-m", "cnnlab"]
 
 
 def cli(workdir: Path, *args: str) -> None:
-    subprocess.run([CNNLAB, *args], cwd=workdir, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([*CNNLAB, *args], cwd=workdir, check=True, stdout=subprocess.DEVNULL)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workdir", type=Path, required=True, help="scratch folder (data, models, reports)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--name", default="fast", help="runs are named <name>-seed<N>")
     ap.add_argument("--target", type=float, default=None, help="report how many seeds reach this accuracy")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=fast_cifar10 trainer=gpu")
     a = ap.parse_args(argv)
@@ -34,19 +36,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cli(a.workdir, "prepare", *over)  # a no-op when the prepared files are there
     rows = []
     for seed in a.seeds:
-        run = [*over, f"seed={seed}", f"run_name=fast-seed{seed}"]
+        name = f"{a.name}-seed{seed}"
+        rep = a.workdir / "runs" / name  # one run folder: train/, model/ and eval/
+        run = [*over, f"seed={seed}", f"run_name={name}", f"out_dir=runs/{name}"]
         t0 = time.perf_counter()
         cli(a.workdir, "train", *run)
         wall = time.perf_counter() - t0  # the whole `cnnlab train` process: startup, compile, validation
+        t0 = time.perf_counter()
         cli(a.workdir, "evaluate", *run, "evaluate.gradcam=0")
-        rep = a.workdir / "reports" / f"fast-seed{seed}"
+        eval_wall = time.perf_counter() - t0  # the whole `cnnlab evaluate` process (TTA when the run sets it)
         train = json.loads((rep / "train/metrics.json").read_text())
         acc = json.loads((rep / "eval/metrics.json").read_text())["accuracy"]
         hist = (rep / "train/history.csv").read_text().splitlines()
         i = hist[0].split(",").index("time_s")
         epochs_s = sum(float(r.split(",")[i]) for r in hist[1:])  # training + validation epochs only
         rows.append({"seed": seed, "test_acc": acc, "train_wall_s": round(wall, 1),
-                     "epochs_s": round(epochs_s, 1), "epochs": train["epochs"]})
+                     "epochs_s": round(epochs_s, 1), "epochs": train["epochs"],
+                     "eval_wall_s": round(eval_wall, 1)})
         print(json.dumps(rows[-1]), flush=True)
     accs, walls = [r["test_acc"] * 100 for r in rows], [r["train_wall_s"] for r in rows]
 

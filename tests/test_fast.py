@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from cnnlab.data.augment import alternating_flip, image_bits, translate, tta_logits
+from cnnlab.data.augment import alternating_flip, image_bits, normalize, translate, tta_logits
+from cnnlab.data.prepared import load_manifest, load_split
 from cnnlab.models.fast import FastNet
 from cnnlab.stages import prepare, train
 from cnnlab.tasks.optim import nesterov_sgd
@@ -41,6 +42,20 @@ def test_whitening_layer_whitens_the_data_and_stays_frozen(cfg, workdir, synthet
     fresh = FastNet((1, 28, 28), 10, widths=[8, 16, 16]).whiten.weight
     assert not torch.allclose(w, fresh)  # not the random init
     assert torch.allclose(w[:4], -w[4:])  # ±eigenvectors
+
+
+def test_whitening_sample_is_drawn_from_the_whole_training_set(cfg, workdir, synthetic, monkeypatch):
+    """A prepared image folder is stored class by class (the first 5,000 CIFAR-10 JPEGs are two classes): the
+    whitening is set from a seeded sample of the training images, not from the first init_images."""
+    seen = []
+    monkeypatch.setattr(FastNet, "init_from_data", lambda self, images: seen.append(images))
+    train.run(cfg(*TINY, "trainer.max_epochs=1", "model.net.init_images=40", "out_dir=s"))
+    data = load_split("data/prepared/synthetic", "train")
+    m = load_manifest("data/prepared/synthetic")
+    every = normalize(data.images, torch.tensor(m["mean"]), torch.tensor(m["std"])).flatten(1)
+    [sample] = seen
+    idx = [int((every == img.flatten()).all(1).nonzero()[0]) for img in sample]
+    assert len(set(idx)) == 40 and idx != list(range(40)) and max(idx) > len(every) // 2
 
 
 def test_tta_averages_mirror_and_shifted_views():

@@ -145,7 +145,11 @@ class Classifier(pl.LightningModule):
         dm = self._trainer.datamodule if self._trainer is not None else None
         n = self.net.init_images
         if stage == "fit" and n and isinstance(dm, PreparedData) and "train" in dm.splits:
-            images = dm.splits["train"].images[:n].to(self.mean.device)
+            # a seeded sample, not the first n: a prepared image folder is stored class by class, so the first
+            # 5,000 of CIFAR-10's JPEGs are two classes; every DDP rank draws the same sample
+            train = dm.splits["train"].images
+            pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.hparams.seed))[:n]
+            images = train[pick.to(train.device)].to(self.mean.device)
             self.net.init_from_data(normalize(images, self.mean, self.std))
 
     def on_train_epoch_start(self) -> None:
