@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def kit(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHON": sys.executable}
-    return subprocess.run(["bash", str(ROOT / "benchmarks/gpu_check.sh"), *args], capture_output=True, text=True,
-                          env=env, timeout=600)
+    return subprocess.run(["bash", str(ROOT / "benchmarks/gpu_check.sh"), *args], capture_output=True,
+                          text=True, env=env, timeout=600)
 
 
 @pytest.mark.slow

@@ -88,6 +88,19 @@ def test_study_persists_continues_prunes_and_refuses_another_experiment(cli, wor
 
 
 @pytest.mark.slow
+def test_grid_sampler_runs_the_whole_grid_then_tests_the_winner(cli, workdir, synthetic):
+    """Optuna's GridSampler stops the study after the grid's last trial, which raised in an ask/tell loop:
+    the sweep died at its last trial without testing its winner. Here with the fast recipe's budget search."""
+    cli("train", "debug=tiny", "model=fast", "hparams_search=fast_cifar10", "model.net.init_images=100")
+    s = load(workdir, "fast-synthetic")
+    assert sorted((t.params["model.net.widths"], t.params["train.batch_size"]) for t in s.trials) == [
+        ("[32,128,128]", 256), ("[32,128,128]", 1024), ("[48,192,192]", 256), ("[48,192,192]", 1024)]
+    assert [t.state.name for t in s.trials] == ["COMPLETE"] * 4
+    [winner] = workdir.glob("runs/*/*-train-sweep/winner.json")
+    assert json.loads(winner.read_text())["test"]["accuracy"] > 0
+
+
+@pytest.mark.slow
 def test_kill_9_of_the_sweeper_then_rerun_continues_the_study(workdir, synthetic):
     command = [CNNLAB, "train", "debug=tiny", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
                "trainer.max_epochs=25", "hydra/sweeper/pruner=none", "tracking.enabled=false"]

@@ -80,6 +80,19 @@ def search_space(params: Mapping[str, Any]) -> tuple[dict, list[str]]:
     return space, fixed
 
 
+def grid_sampler(search_space: dict, seed: int | None = None):
+    """Optuna's GridSampler for an ask/tell loop. After the grid's last trial it calls `study.stop()`, which
+    raises outside `study.optimize()` and so killed the sweep at its last trial, before the winner's test; the
+    sweeper stops at n_trials itself, so that call is dropped."""
+    import optuna
+
+    class Grid(optuna.samplers.GridSampler):
+        def after_trial(self, study, trial, state, values) -> None:
+            pass
+
+    return Grid(search_space, seed=seed)
+
+
 def open_study(spec: str, name: str, direction: str, sampler=None, pruner=None, setup: dict | None = None):
     """Create or continue the study `name`. A study continues only with the settings it started with (its
     fixed overrides, search space and direction): trials of another experiment would not be comparable."""

@@ -44,7 +44,7 @@ class OptunaSweeper(Sweeper):
         extra = {}
         if self.sampler_cfg.get("seed") is not None:  # a continued study must not replay its first session
             extra["seed"] = self.sampler_cfg.seed + asked
-        if self.sampler_cfg._target_.endswith("GridSampler"):  # the grid is the search space's choices
+        if self.sampler_cfg._target_.endswith(("GridSampler", "grid_sampler")):  # the search space's choices
             if bad := [k for k, d in space.items() if not hasattr(d, "choices")]:
                 raise UserError(f"the grid sampler needs choice(...) for every parameter, not for {bad}")
             extra["search_space"] = {k: list(d.choices) for k, d in space.items()}
