@@ -1,6 +1,6 @@
 """The GPU check's steps (run by benchmarks/gpu_check.sh, which installs what the machine lacks first):
 
-1. tests   — the GPU-marked tests (`pytest -m gpu`);
+1. tests   — the GPU tests (tests/test_gpu.py: it imports nothing the kit lacks);
 2. fast    — `experiment=fast_cifar10 trainer=gpu` (bf16, channels_last, torch.compile) on the CIFAR-10 JPEG
              archive, one run per epoch budget: test accuracy with TTA, wall time, so time to 90 % and the
              plateau can be read off;
@@ -45,8 +45,7 @@ def sh(*cmd: str, cwd: Path = ROOT) -> str:
 
 
 def tests(a: argparse.Namespace) -> dict:
-    out = sh(sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-             "tests/test_train.py")
+    out = sh(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py")
     return {"summary": out.strip().splitlines()[-1]}
 
 

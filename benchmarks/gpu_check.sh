@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check in one command (docs/BENCHMARKS.md "GPU check"): GPU-marked tests, the fast recipe on CIFAR-10
 # with bf16/channels_last/compile (time to 90 % and to the plateau), the training loop's throughput against a
-# hand-written loop, and `cnnlab style` at 512 px. About 8 minutes on one H100; no internet needed there.
+# hand-written loop, and `cnnlab style` at 512 px. Sized for ~8 minutes on one H100 (not yet run on one);
+# no internet needed there.
 #
 #   benchmarks/gpu_check.sh --prepare     # once, where PyPI is reachable (this repo's venv made by `make install`):
 #                                         # wheels for Python 3.12 + the CIFAR-10 JPEG archive → benchmarks/gpu_kit/

@@ -177,12 +177,3 @@ def test_ddp_two_cpu_processes_one_run_same_accuracy(cli, workdir, synthetic):
     assert abs(ddp["best_val/acc"] - single["best_val/acc"]) <= 0.1  # 100 val images: within noise
     assert ddp["best_val/acc"] > 0.5
     assert len(mlflow_runs(workdir / "mlflow.db")) == 2  # one per training, whatever the process count
-
-
-@pytest.mark.gpu
-def test_gpu_profile_bf16_channels_last_trains_and_resumes(cfg, workdir, synthetic):
-    """trainer=gpu (bf16-mixed, data resident on the GPU): a run learns, and a resumed run continues it."""
-    over = ("debug=tiny", "trainer=gpu", "train.channels_last=true", "tracking.enabled=false", "out_dir=g")
-    assert train.run(cfg(*over, "trainer.max_epochs=2")) > 0.3
-    train.run(cfg(*over, "trainer.max_epochs=3", "resume=true"))
-    assert len(history(workdir / "g/train/history.csv")) == 4  # header + 3 epochs
