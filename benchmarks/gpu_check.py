@@ -70,8 +70,8 @@ def fast(a: argparse.Namespace) -> dict:
 
 def loop(a: argparse.Namespace) -> dict:
     n, repeats = ("2048", "1") if a.cpu else ("51200", "3")
-    out = sh(sys.executable, "benchmarks/throughput.py", "--device", a.device, "--n", n, "--repeats", repeats,
-             "--batch-sizes", "512")
+    out = sh(sys.executable, "benchmarks/throughput.py", "--device", "cpu" if a.cpu else "cuda", "--n", n,
+             "--repeats", repeats, "--batch-sizes", "512")
     m = re.search(r"cnnlab +(\d+) img/s, hand loop +(\d+) img/s, ratio ([\d.]+)", out)
     if m is None:
         raise RuntimeError(f"unexpected output of throughput.py: {out.strip()[-200:]}")
@@ -85,6 +85,10 @@ def style(a: argparse.Namespace) -> dict:
     return json.loads(metrics.read_text())
 
 
+STEPS: dict[str, Callable[[argparse.Namespace], dict]] = {"tests": tests, "fast": fast, "loop": loop,
+                                                           "style": style}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("gpu_check_out"))
@@ -93,24 +97,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, nargs="+",
                     help="one fast_cifar10 run each (default 5 10 16; --cpu: 1)")
     ap.add_argument("--cpu", action="store_true", help="toy sizes on the CPU: proves the wiring")
-    ap.add_argument("--steps", nargs="+", default=["tests", "fast", "loop", "style"])
+    ap.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS))
     a = ap.parse_args(argv)
     a.out = a.out.resolve()
-    a.device = "cpu" if a.cpu else "cuda"
     a.epochs = a.epochs or ([1] if a.cpu else [5, 10, 16])
     if not a.cpu and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here (use --cpu for the toy run)", file=sys.stderr)
         return 2
     a.out.mkdir(parents=True, exist_ok=True)
-    device = torch.cuda.get_device_name() if a.device == "cuda" else (platform.processor() or "cpu")
+    device = (platform.processor() or "cpu") if a.cpu else torch.cuda.get_device_name()
     results: dict = {"env": {"python": platform.python_version(), "torch": torch.__version__,
                              "device": device, "date": time.strftime("%Y-%m-%d %H:%M"), "cpu_mode": a.cpu}}
-    steps: dict[str, Callable[[argparse.Namespace], dict]] = {"tests": tests, "fast": fast, "loop": loop,
-                                                               "style": style}
     for name in a.steps:
         t0 = time.perf_counter()
         try:
-            results[name] = {"ok": True, **steps[name](a)}
+            results[name] = {"ok": True, **STEPS[name](a)}
         except Exception as e:  # noqa: BLE001 — one step's failure is recorded; the others still run
             results[name] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
         results[name]["seconds"] = round(time.perf_counter() - t0, 1)
