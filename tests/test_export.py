@@ -19,8 +19,10 @@ import torch
 from mlflow import MlflowClient
 from PIL import Image
 
+from cnnlab.data.augment import tta_logits
 from cnnlab.data.prepared import load_split
 from cnnlab.errors import UserError
+from cnnlab.evaluation.inference import open_model, predict_logits
 from cnnlab.export import ExportNet, export
 from cnnlab.stages import evaluate, predict, train
 from cnnlab.stages import export as export_stage
@@ -54,7 +56,12 @@ def test_export_of_each_family_passes_its_own_check(cfg, workdir, synthetic, fam
     with torch.inference_mode():
         expected = model(model.preprocess(images))
         got = torch.export.load(str(folder / "model.pt2")).module()(images)
+        views = tta_logits(model, model.preprocess(images))  # TTA's shifts and mirrors of normalised images
     assert torch.allclose(got, expected, atol=1e-4)
+    # TTA from the export: views of the uint8 images, which per-pixel normalisation commutes with
+    onnx = open_model(folder / "model.onnx", torch.device("cpu"))
+    assert torch.allclose(predict_logits(model, images, 2, tta=True), views, atol=1e-5)  # batch 2 vs 5
+    assert torch.allclose(predict_logits(onnx, images, 2, tta=True), views, atol=1e-4)
 
 
 def test_a_broken_export_is_caught_and_leaves_no_file(workdir):

@@ -44,10 +44,14 @@ def alternating_flip(x: torch.Tensor, bits: torch.Tensor, epoch: int) -> torch.T
 
 
 def translate(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """Shift by (dy, dx) px with reflect padding (test-time views)."""
-    p = max(abs(dy), abs(dx))
+    """Shift by (dy, dx) px (|shift| < size), the uncovered border filled by reflection. An index gather, so
+    any dtype: test-time views of uint8 images are the same as of normalised ones (the shift commutes with
+    per-pixel normalisation), which lets TTA run on any model that takes images as files hold them."""
+    def reflected(n: int, shift: int) -> torch.Tensor:
+        i = (torch.arange(n, device=x.device) - shift).abs()
+        return (n - 1) - ((n - 1) - i).abs()
     h, w = x.shape[-2:]
-    return F.pad(x, (p,) * 4, mode="reflect")[..., p - dy:p - dy + h, p - dx:p - dx + w]
+    return x[..., reflected(h, dy)[:, None], reflected(w, dx)]
 
 
 def tta_logits(forward, x: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Running a trained classifier: the device to use, the model from any of its sources (a cnnlab checkpoint,
 an exported .onnx, `models:/<name>@<alias>` in the MLflow registry) and batched logits (with test-time
-augmentation for checkpoints)."""
+augmentation for any of them)."""
 
 from __future__ import annotations
 
@@ -78,14 +78,11 @@ def device_for(name: str) -> torch.device:
 
 @torch.inference_mode()
 def predict_logits(model: Model, images: torch.Tensor, batch_size: int, tta: bool = False) -> torch.Tensor:
-    """uint8 images [N,C,H,W] → float logits [N, classes] on the CPU, in batches on the model's device."""
-    if tta and not isinstance(model, Classifier):
-        raise UserError("evaluate.tta=true needs a cnnlab checkpoint (it shifts normalised images)")
-    out = []
-    for x in images.split(batch_size):
-        if not isinstance(model, Classifier):
-            out.append(model.logits(x))
-            continue
-        x = model.preprocess(x.to(model.device))
-        out.append((tta_logits(model, x) if tta else model(x)).float().cpu())
-    return torch.cat(out)
+    """uint8 images [N,C,H,W] → float logits [N, classes] on the CPU, in batches on the model's device; with
+    `tta`, the test-time views are made of the uint8 images (so any model source can use them)."""
+    if isinstance(model, Classifier):
+        def logits(x: torch.Tensor) -> torch.Tensor:
+            return model(model.preprocess(x.to(model.device))).float().cpu()
+    else:
+        logits = model.logits
+    return torch.cat([tta_logits(logits, x) if tta else logits(x) for x in images.split(batch_size)])
