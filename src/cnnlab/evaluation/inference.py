@@ -80,9 +80,5 @@ def device_for(name: str) -> torch.device:
 def predict_logits(model: Model, images: torch.Tensor, batch_size: int, tta: bool = False) -> torch.Tensor:
     """uint8 images [N,C,H,W] → float logits [N, classes] on the CPU, in batches on the model's device; with
     `tta`, the test-time views are made of the uint8 images (so any model source can use them)."""
-    if isinstance(model, Classifier):
-        def logits(x: torch.Tensor) -> torch.Tensor:
-            return model(model.preprocess(x.to(model.device))).float().cpu()
-    else:
-        logits = model.logits
-    return torch.cat([tta_logits(logits, x) if tta else logits(x) for x in images.split(batch_size)])
+    f = model.logits
+    return torch.cat([tta_logits(f, x) if tta else f(x) for x in images.split(batch_size)])

@@ -119,6 +119,12 @@ class Classifier(pl.LightningModule):
         """Normalised float images (`preprocess`) → logits."""
         return self._forward(x)
 
+    @torch.inference_mode()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images [B,C,H,W] as files hold them → float logits on the CPU: the interface every model
+        source of `cnnlab evaluate`/`predict` has (an exported .onnx, a registered model)."""
+        return self(self.preprocess(images.to(self.device))).float().cpu()
+
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """A batch on the model's device, uint8 [B,C,H,W] (0–255) or float (0–1) → the input forward() takes:
         normalised as in training, without augmentation."""
