@@ -37,10 +37,22 @@ def test_params_file_is_the_composition_of_conf(tmp_path):
     assert (tmp_path / "params.yaml").read_text() == (ROOT / "params.yaml").read_text()
 
 
-@pytest.fixture
-def repo(tmp_path) -> Path:
-    """A fresh clone's worth of the project, its pipeline run once (tiny) and committed with its lock file."""
-    r = tmp_path / "repo"
+@pytest.fixture(scope="session")
+def baseline(tmp_path_factory, worker_id) -> Path:
+    """A fresh clone's worth of the project, its pipeline run once (tiny) and committed with its lock file —
+    built once for the whole session: the pytest workers share it (the first builds it, the others wait)."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    r = shared / "dvc-baseline"
+    with FileLock(str(r) + ".lock"):
+        if not (r / ".git").is_dir() or not (r / "dvc.lock").is_file():
+            shutil.rmtree(r, ignore_errors=True)
+            _build(r)
+    return r
+
+
+def _build(r: Path) -> None:
     r.mkdir()
     for item in ("conf", "src", "pipelines", "dvc.yaml", ".dvcignore", ".gitignore"):
         (shutil.copytree if (ROOT / item).is_dir() else shutil.copy)(ROOT / item, r / item)
@@ -53,6 +65,14 @@ def repo(tmp_path) -> Path:
                                              "evaluate-transfer", "style", "report"}
     sh("git", "add", "-A", cwd=r)
     sh("git", "commit", "-qm", "baseline", cwd=r)
+
+
+@pytest.fixture
+def repo(baseline, tmp_path) -> Path:
+    """The baseline, copied for one test (`cp -a`: DVC compares mtimes and inodes of what it tracks). Its
+    MLflow store moves with it; the runs' artifacts stay in the baseline's mlartifacts/, which no test reads."""
+    r = tmp_path / "repo"
+    subprocess.run(["cp", "-a", str(baseline), str(r)], check=True)
     return r
 
 
