@@ -55,3 +55,19 @@ def test_drift_names_the_keys_a_hand_edit_changed(cfg, tmp_path, workdir):
     assert drift(cfg(), tmp_path / "run.yaml") == []
     note_params(cfg(), tmp_path / "params.yaml")  # what `dvc exp run -S` composed: no hand edit
     assert drift(cfg(), tmp_path / "params.yaml") == []
+
+
+def test_params_says_which_experiment_values_it_resets(workdir, caplog):
+    """What `dvc exp run -S` composed into params.yaml is no hand edit, so `cnnlab params` (`make run`) may
+    replace it — naming the keys it resets, not silently."""
+    from cnnlab.config import note_params
+    from cnnlab.stages import params
+
+    params.run(compose([]))
+    text = (workdir / "params.yaml").read_text()
+    (workdir / "params.yaml").write_text(text.replace("lr: 0.001", "lr: 0.003", 1))
+    note_params(compose([]), workdir / "params.yaml")  # as the stages of `dvc exp run -S optimizer.lr=...` do
+    with caplog.at_level("WARNING"):
+        params.run(compose([]))
+    assert (workdir / "params.yaml").read_text() == text
+    assert "optimizer.lr reset to conf/'s value" in caplog.text

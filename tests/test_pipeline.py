@@ -43,7 +43,8 @@ def baseline(tmp_path_factory, worker_id) -> Path:
     built once for the whole session: the pytest workers share it (the first builds it, the others wait)."""
     from filelock import FileLock
 
-    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    base = tmp_path_factory.getbasetemp()
+    shared = base if worker_id == "master" else base.parent
     r = shared / "dvc-baseline"
     with FileLock(str(r) + ".lock"):
         if not (r / ".git").is_dir() or not (r / "dvc.lock").is_file():
@@ -70,7 +71,8 @@ def _build(r: Path) -> None:
 @pytest.fixture
 def repo(baseline, tmp_path) -> Path:
     """The baseline, copied for one test (`cp -a`: DVC compares mtimes and inodes of what it tracks). Its
-    MLflow store moves with it; the runs' artifacts stay in the baseline's mlartifacts/, which no test reads."""
+    MLflow store moves with it; the runs' artifacts stay in the baseline's mlartifacts/, which no test
+    reads."""
     r = tmp_path / "repo"
     subprocess.run(["cp", "-a", str(baseline), str(r)], check=True)
     return r

@@ -89,12 +89,12 @@ def test_studies_with_figures_and_grid_sweeps_apart(cfg, workdir):
     studies, grid = page.split("<h2>Studies</h2>")[1].split("<h2>Grid sweeps</h2>")
     assert "lr-widths" in studies and "PRUNED" in studies and "FAIL" in studies and "[8,16,32]" in studies
     assert "5 complete, 2 pruned, 1 failed" in studies and "sessions: 12-00-00-train-sweep" in studies
-    assert winner in studies and "0.9100" in studies and "not tested yet" not in studies
+    assert winner in studies and "91.00 %" in studies and "not tested yet" not in studies
     for caption in ("objective value per trial", "intermediate values per epoch", "parallel coordinates",
                     "parameter importances"):
         assert f'<img alt="{caption}' in studies, caption
     assert studies.count("data:image/png;base64,") == 4
-    assert "10-00-00-train-sweep" in grid and "optimizer.lr=0.1" in grid and "0.7700" in grid
+    assert "10-00-00-train-sweep" in grid and "optimizer.lr=0.1" in grid and "77.00 %" in grid
     assert "12-00-00-train-sweep" not in grid and "0.1235" not in page
 
 

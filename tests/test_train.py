@@ -135,6 +135,15 @@ def test_progress_bar_counts_epochs_from_one():
     assert bar._get_train_description(9).strip() == "Epoch 10/10"
 
 
+def test_progress_bar_shows_no_logger_version(cfg, workdir, synthetic):
+    """Lightning shows the logger's version as `v_num` (an MLflow run-id prefix): noise to a reader."""
+    bar = EpochProgressBar()
+    trainer = pl.Trainer(max_epochs=1, callbacks=[bar], logger=pl.loggers.CSVLogger(workdir),
+                         enable_checkpointing=False, limit_train_batches=1, limit_val_batches=1)
+    bar.setup(trainer, None, "fit")
+    assert "v_num" not in bar.get_metrics(trainer, None)
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(cli, workdir, synthetic):
     args = [*TINY, "trainer.max_epochs=6", "deterministic=true", "train.augment.flip=true",

@@ -24,6 +24,8 @@ COMMANDS = {
     "promote": "a sweep's winner → the `dvc exp run -S ...` that gives it the full pipeline "
                "(promote.run=true runs it)",
     "visualize": "kernels, learned filters, feature maps, Grad-CAM, saliency → <out_dir>/<what>/",
+    "compare": "every training run in MLflow (DVC experiments, sweeps, runs by hand) as one ≤120-column "
+               "table",
 }
 
 USAGE = """usage: cnnlab <command> [key=value ...] [group=choice ...] [--run NAME] [--params FILE] \
@@ -54,9 +56,24 @@ def _fail(command: str, message: str) -> None:
     sys.exit(2)
 
 
-def _validate(command: str, overrides: list[str], run: str | None, values: bool = True) -> None:
-    """Compose once before Hydra takes over (and writes its run folder), so a wrong key, choice or value is
-    one clear line, not a traceback."""
+def _jobs(overrides: list[str]) -> list[list[str]]:
+    """A multirun's overrides → override lists that hold every swept value (a comma list, range(), choice())
+    at least once: the fixed overrides with the first value of each sweep, then each other value in turn.
+    interval() sweeps, which the Optuna sweeper samples, are left to its jobs."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    values = {o.input_line: [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+              if o.is_sweep_override() else [o.input_line] for o in parsed
+              if not (o.is_sweep_override() and o.is_interval_sweep())}
+    first = [v[0] for v in values.values()]
+    return [first] + [[*first[:i], v, *first[i + 1:]] for i, vs in enumerate(values.values()) for v in vs[1:]]
+
+
+def _validate(command: str, overrides: list[str], run: str | None, values: bool = True,
+              sweep: bool = False) -> None:
+    """Compose before Hydra takes over (and writes its run folder), so a wrong key, choice or value is one
+    clear line, not a traceback; for a multirun, every swept value before any job starts."""
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
@@ -66,10 +83,14 @@ def _validate(command: str, overrides: list[str], run: str | None, values: bool 
     from cnnlab.errors import UserError
 
     overrides = [o for o in overrides if not o.startswith("hydra.")]
+    if deleted := next((o for o in overrides if o.startswith("~")), None):
+        _fail(command, f"{deleted}: cnnlab reads every key conf/ sets, none can be deleted; give it "
+                       "another value instead (null where null is allowed)")
     try:
-        cfg = compose(overrides)
-        if values:  # not for `--cfg job`: printing a GPU config needs no GPU
-            schema.validate(cfg, command, run)
+        for job in _jobs(overrides) if sweep else [overrides]:
+            cfg = compose(job)
+            if values:  # not for `--cfg job`: printing a GPU config needs no GPU
+                schema.validate(cfg, command, run, sweep)
     except UserError as e:
         _fail(command, str(e))
     except (HydraException, OmegaConfBaseException) as e:
@@ -83,6 +104,10 @@ def _validate(command: str, overrides: list[str], run: str | None, values: bool 
                           f"{', '.join(node.keys())} (prefix with + to add a new key)"
             except (HydraException, OmegaConfBaseException, AttributeError):
                 pass
+        elif m := re.match(r"LexerNoViableAltException: (.*?)=(.*?) \^", message):  # e.g. a non-ASCII letter
+            key, value = m.groups()
+            message = f"cannot read {key}={value}: quote it, as in \"{key}='{value}'\" (unquoted, Hydra's " \
+                      "grammar takes ASCII words, numbers and lists only)"
         _fail(command, message)
 
 
@@ -159,10 +184,9 @@ def main(argv: list[str] | None = None) -> None:
                    or (a.startswith("hparams_search=") and a != "hparams_search=null") for a in rest)
     if run_name and params is None:
         rest = _for_run(command, run_name, rest)
-    validated = not multirun and not debug and params is None
-    if validated:
-        _validate(command, [a for a in rest if "=" in a and not a.startswith("-")], run_name,
-                  values=not {"--cfg", "-c"} & set(rest))
+    if params is None:  # before Hydra writes anything
+        _validate(command, [a for a in rest if "=" in a and not a.startswith("-") or a.startswith("~")],
+                  run_name, values=not {"--cfg", "-c"} & set(rest), sweep=multirun)
 
     _quiet()
     _omp_policy(command)
@@ -177,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         # Lightning's DDP launcher re-runs sys.argv for ranks > 0: give it back the user's command line
         sys.argv = original_argv
         try:
-            if not validated:  # composed elsewhere than in _validate (params file, sweep job): check it here
+            if params is not None or multirun:  # a params file, or one of a sweep's combinations of values
                 schema.validate(cfg, command, run_name)
             # `dvc exp run -S` composes params.yaml itself (no hand edit: `cnnlab params` may replace it
             # later); a plain `dvc repro` should find exactly conf/'s
@@ -217,9 +241,11 @@ def main(argv: list[str] | None = None) -> None:
     flags = [a for a in rest if a not in overrides]
     job_name = ([] if any(o.startswith("hydra.job.name=") for o in overrides)
                 else [f"hydra.job.name={command}"])
-    if command not in WRITES and not multirun and not any(o.startswith(("hydra.run", "hydra/job_logging"))
-                                                          for o in overrides):
-        # nothing of its own to keep (params, prepare, summary, predict): no run folder, log to the terminal
+    named = any(o.startswith("out_dir=") and o != "out_dir=null" for o in overrides)
+    if (command not in WRITES or named) and not multirun and not any(
+            o.startswith(("hydra.run", "hydra/job_logging")) for o in overrides):
+        # nothing of its own to keep (params, prepare, summary, predict) or a folder named to write to: no run
+        # folder (one a refusal would leave behind), log to the terminal
         job_name += ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout"]
     sys.argv = [f"cnnlab-{command}", *job_name, *overrides, *flags]
     hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(task)()

@@ -73,13 +73,20 @@ def select_run(cfg: DictConfig, name: str) -> DictConfig:
 def load_params(path: str | Path, overrides: list[str], run: str | None = None) -> DictConfig:
     """A composed config file (params.yaml, which DVC writes from conf/) plus `key=value` overrides (of the
     run `runs.<run>` where they name a section it sets)."""
+    import yaml
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     from cnnlab.errors import UserError
 
     if not Path(path).is_file():
         raise UserError(f"params file {path} does not exist (it is composed from conf/: see README)")
-    cfg = OmegaConf.load(path)
+    try:
+        cfg = OmegaConf.load(path)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, OmegaConfBaseException) as e:
+        raise UserError(f"params file {path} cannot be read as YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(cfg, DictConfig):
+        raise UserError(f"params file {path} holds a list, not a config composed from conf/")
     if run is not None and run in (cfg.get("runs") or {}):
         overrides = for_run(run, list(cfg.runs[run]), overrides)
     for o in overrides:

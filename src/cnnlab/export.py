@@ -81,8 +81,7 @@ def export(net: torch.nn.Module, mean: list[float], std: list[float], images: to
     module in PyTorch; a test passes a broken one to see the check fail)."""
     if unknown := set(formats) - set(FORMATS):
         raise UserError(f"export.formats: unknown {sorted(unknown)}; valid: {', '.join(FORMATS)}")
-    # `net` comes in eval mode; the registry's (an exported program's module) refuses .eval() itself
-    module = ExportNet(net, mean, std, uint8)
+    module = ExportNet(net, mean, std, uint8)  # `net` comes in eval mode
     x = images if uint8 else images.float() / 255
     # batch 2 in the traced example: a size-1 dimension would be specialised to a constant
     example, dims = x[:2].contiguous(), {"images": {0: torch.export.Dim("batch", min=1, max=65536)}}
@@ -113,9 +112,18 @@ def export(net: torch.nn.Module, mean: list[float], std: list[float], images: to
 
 
 def read_meta(onnx_file: Path) -> dict:
-    """The model.json beside an exported model."""
+    """The model.json beside an exported model: its classes and input, checked."""
     meta = onnx_file.with_name("model.json")
     if not meta.is_file():
         raise UserError(f"{meta} is missing: cnnlab needs the classes and input of {onnx_file} (export it "
                         "with `cnnlab export`)")
-    return json.loads(meta.read_text())
+    try:
+        info = json.loads(meta.read_text())
+        shape, dtype, classes = info["input"]["shape"], info["input"]["dtype"], info["classes"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{meta} is not the model.json of a cnnlab export ({type(e).__name__} {e})") from None
+    if not (dtype in ("uint8", "float32") and isinstance(shape, list) and len(shape) == 4
+            and all(type(s) is int and s >= 1 for s in shape[1:]) and isinstance(classes, list)
+            and classes and all(isinstance(c, str) for c in classes)):
+        raise UserError(f"{meta} is not the model.json of a cnnlab export (its input or classes)")
+    return info

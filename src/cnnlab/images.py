@@ -6,6 +6,7 @@ with the same one-line errors. Arrays come out as numpy, not tensors: data.sourc
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -56,8 +57,12 @@ def open_image(path: str | Path, channels: int | None = None) -> Image.Image:
     if not p.is_file():
         raise UserError(f"image {path} does not exist")
     try:
-        with Image.open(p) as im:
-            return to_mode(im, channels)  # a new image: usable after the file is closed
+        with warnings.catch_warnings():
+            # PIL only warns between 89 and 179 megapixels (it refuses above): such a file is refused here
+            # too, in one line (data.skip_bad_images skips it), not decoded into gigabytes with a warning
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                return to_mode(im, channels)  # a new image: usable after the file is closed
     except Exception as e:  # PIL raises many types for truncated, unknown and decompression-bomb files
         raise UserError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
 

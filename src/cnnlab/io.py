@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -13,6 +15,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from cnnlab.errors import UserError
 
 
 def _umask() -> int:
@@ -144,3 +148,25 @@ def replace_dirs(moves: dict[Path, Path], remove: tuple[Path, ...] | list[Path] 
             _swap(new, path)
     for p in remove:
         shutil.rmtree(p, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def locked(path: Path, busy: str) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing, never changed) while the block runs; UserError
+    `busy` when another process holds it. The kernel releases a flock when its holder dies, kill -9 included,
+    so no stale lock is ever left."""
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(busy) from None
+        yield
+
+
+def no_space(e: BaseException, where: Path) -> UserError | None:
+    """A full disk as one line naming what was being written: the file, or `where` when the error names none
+    inside it (Lightning's checkpoints name a temporary file elsewhere); None for any other error."""
+    if not (isinstance(e, OSError) and e.errno == errno.ENOSPC):
+        return None
+    inside = e.filename and Path(os.path.abspath(e.filename)).is_relative_to(os.path.abspath(where))
+    return UserError(f"no space left on device writing {e.filename if inside else where}")

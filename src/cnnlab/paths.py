@@ -38,13 +38,40 @@ class RunDir:
         self.run_json, self.config = self.model / "run.json", self.model / "config.yaml"
 
 
+# Marks a folder cnnlab writes to: commands replace their subfolders there whole (train: model/, train/ and
+# eval/), so a folder without it, e.g. a dataset root with train/, is refused rather than emptied.
+MARKER = ".cnnlab"
+
+
 def out_dir(cfg: DictConfig) -> Path:
     """Where this command writes: `out_dir`, which the CLI sets to Hydra's run folder when the user names
-    none."""
+    none. It must be new, empty or cnnlab's (see `MARKER`); it is claimed with the marker before anything is
+    written."""
     if cfg.get("out_dir") is None:
         raise UserError("out_dir is not set: pass out_dir=<folder> (the DVC stages pass the pipeline's "
                         "folders)")
-    return Path(cfg.out_dir)
+    out = Path(cfg.out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"out_dir={out} is a file, not a folder")
+    if out.is_dir() and not _ours(out):
+        names = sorted(p.name for p in out.iterdir())
+        raise UserError(f"out_dir={out} is not a cnnlab folder (it holds {', '.join(names[:4])}"
+                        f"{' …' if len(names) > 4 else ''}) and cnnlab replaces model/, train/, eval/ … in "
+                        "it: name a new or empty folder, or a cnnlab run folder")
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / MARKER).exists():
+        (out / MARKER).touch()
+    return out
+
+
+def _ours(d: Path) -> bool:
+    """Empty, marked, a Hydra run folder (where a command writes when no out_dir is named), or a run without
+    the marker: written before it existed, or restored by DVC, which tracks only the files it declares
+    (`dvc exp run --queue` lays out results/scratch/ with train/metrics.json and eval/, no marker)."""
+    return (not any(d.iterdir()) or (d / MARKER).is_file() or (d / ".hydra").is_dir()
+            or (d / ".partial").is_dir() or (d / "model/run.json").is_file()
+            or (d / "model/config.yaml").is_file() or any((d / "model").glob("*.ckpt"))
+            or (d / "train/metrics.json").is_file() or (d / "eval/metrics.json").is_file())
 
 
 def run_dir(cfg: DictConfig) -> RunDir:

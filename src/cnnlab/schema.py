@@ -160,7 +160,7 @@ Config = section(
     paths=Locations, pipeline=Locations, data=Data,
     model=section("Model", name=Str, input_shape=Shape, net=Net), optimizer=Optimizer,
     scheduler=Scheduler | None, trainer=Trainer, train=Train,  # scheduler null or {}: a constant lr
-    tracking=section("Tracking", enabled=Bool, uri=OptStr, experiment=Str, registered_model=OptStr,
+    tracking=section("Tracking", enabled=Bool, uri=OptStr, experiment=Str, registered_model=or_null(Name),
                      alias=Str, alias_if_better=OptStr), style=Style, visualize=Visualize,
     evaluate=section("Evaluate", ckpt=OptStr, device=Device, batch_size=Count, tta=Bool, grid_size=Count0,
                      mistakes=Count0, gradcam=Count0),
@@ -192,6 +192,13 @@ SECTIONS = {
 # Where a command puts its work: a GPU asked for where there is none fails late (after loading data) and deep.
 DEVICE_KEYS = {"train": "trainer.accelerator", "evaluate": "evaluate.device", "style": "style.device",
                "visualize": "visualize.device"}
+# Where the config builds objects (hydra.utils.instantiate), the modules conf/ takes them from there and the
+# other Hydra keys it sets: any other _target_ calls any importable function with the config's arguments
+# (`+scheduler._target_=builtins.open +scheduler.file=x +scheduler.mode=w` truncates x), and a nested one is
+# built too (Hydra instantiates recursively).
+BUILT = {"model.net": (("cnnlab.models.",), {}),
+         "optimizer": (("torch.optim.", "cnnlab.tasks.optim."), {"_partial_": True}),
+         "scheduler": (("cnnlab.tasks.schedules.",), {"_partial_": True})}
 # Training images in the official files (md5-checked, so fixed): val_size must leave some to train on.
 TRAIN_SIZES = {"MNIST": 60_000, "FashionMNIST": 60_000, "CIFAR10": 50_000, "CIFAR100": 50_000}
 
@@ -233,6 +240,32 @@ def _cross(c: dict, prefix: str) -> None:
         _fail(f"{prefix}style.min_size", s["min_size"], f"must be <= style.max_size ({s['max_size']})")
 
 
+def _targets(node: Any, prefix: str, key: str = "") -> None:
+    """Hydra's keys (`_target_`, `_partial_`, `_args_`, ...) only where BUILT allows them, as it allows."""
+    if isinstance(node, list):
+        for i, v in enumerate(node):
+            _targets(v, prefix, f"{key}[{i}]")
+    if not isinstance(node, dict):
+        return
+    modules, keys = BUILT.get(key, ((), {}))
+    if modules and node:  # an object cnnlab builds ({}: a scheduler that is none)
+        target = node.get("_target_")
+        if not (isinstance(target, str) and target.startswith(modules)):
+            _fail(f"{prefix}{key}._target_", target,
+                  f"must be in {' or '.join(m[:-1] for m in modules)}: the config builds nothing else here")
+        for k, v in keys.items():
+            if node.get(k) != v:
+                _fail(f"{prefix}{key}.{k}", node.get(k), f"must be {_show(v)}")
+    allowed = {"_target_", *keys} if modules else set()
+    if bad := [k for k in node if str(k).startswith("_") and k not in allowed]:
+        _fail(prefix + (f"{key}.{bad[0]}" if key else bad[0]), node[bad[0]],
+              f"not allowed: conf/ sets only {', '.join(sorted(allowed))} here" if allowed else
+              f"Hydra keys only where cnnlab builds an object ({', '.join(BUILT)})")
+    for k, v in node.items():
+        if k != "runs" or key:  # each run is checked laid over the root (validate)
+            _targets(v, prefix, f"{key}.{k}" if key else str(k))
+
+
 def _gpu_check(c: dict, key: str, prefix: str) -> None:
     top, _, leaf = key.partition(".")
     value = (c.get(top) or {}).get(leaf)
@@ -261,19 +294,24 @@ def _check(cfg: DictConfig, keys: tuple, prefix: str) -> dict:
     except ValidationError as e:
         raise UserError(_one_line(e, data, prefix)) from None
     _cross(data, prefix)
+    _targets(data, prefix)
     return data
 
 
-def validate(cfg: DictConfig, command: str, run: str | None = None) -> None:
+def validate(cfg: DictConfig, command: str, run: str | None = None, sweep: bool = False) -> None:
     """Raise cnnlab.errors.UserError with ONE line naming the key, the bad value and what is allowed.
 
     Checks the sections `command` reads in the root config and in every `runs.<name>` laid over it (the runs
     a pipeline trains too), naming keys as written (`runs.transfer.optimizer.lr`): pass the root config, not
-    select_run's. The GPU check applies to the config the command runs: `runs.<run>` (`--run`), else the root.
+    select_run's. The GPU check applies to the config the command runs: `runs.<run>` (`--run`), else the root;
+    `sweep`: the config is one job of a multirun.
     """
     from cnnlab.config import select_run  # not at the top: config may come to import this module
 
     keys = SECTIONS.get(command, tuple(Config.model_fields))
+    if missing := [k for k in keys if k not in cfg]:  # a section a composed config always has
+        raise UserError(f"{missing[0]}: missing, and `cnnlab {command}` reads it: not a config composed from "
+                        "conf/ (`cnnlab params` writes one)")
     checked = {None: _check(cfg, keys, "")}
     runs = cfg.get("runs")
     for name in runs if OmegaConf.is_dict(runs) else ():
@@ -283,3 +321,8 @@ def validate(cfg: DictConfig, command: str, run: str | None = None) -> None:
         select_run(cfg, run)  # raises: unknown run, naming the valid ones
     if command in DEVICE_KEYS:
         _gpu_check(checked[run], DEVICE_KEYS[command], f"runs.{run}." if run else "")
+    trainer = checked[run].get("trainer") or {}
+    if sweep and command == "train" and trainer.get("strategy") == "ddp" and trainer.get("devices") != 1:
+        raise UserError("strategy=ddp inside a multirun re-launches the whole sweep in every process (a "
+                        "Lightning + Hydra limitation): use trainer.strategy=ddp_spawn, or one launcher job "
+                        "per GPU set (hydra/launcher=slurm)")

@@ -41,7 +41,11 @@ def storage_url(spec: str) -> str:
 def storage(spec: str):
     import optuna
 
+    from cnnlab.tracking import check_sqlite
+
     url = storage_url(spec)
+    check_sqlite(url, "restore it from a backup, or move it away (its studies go with it), or keep studies "
+                      "elsewhere: hydra.sweeper.storage=<another file>")
     # parallel jobs write intermediate values to one SQLite file: wait for its lock instead of failing
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
@@ -100,17 +104,30 @@ def open_study(spec: str, name: str, direction: str, sampler=None, pruner=None, 
 
     if direction not in DIRECTIONS:
         raise UserError(f"hydra.sweeper.direction={direction!r}; valid: max, min (or maximize, minimize)")
-    study = optuna.create_study(storage=storage(spec), study_name=name, direction=DIRECTIONS[direction],
-                                sampler=sampler, pruner=pruner, load_if_exists=True)
+    rdb = storage(spec)
+    try:  # loaded first: create_study(load_if_exists) logs "Using an existing study" beside cnnlab's lines
+        study = optuna.load_study(study_name=name, storage=rdb, sampler=sampler, pruner=pruner)
+    except KeyError:  # load_if_exists: another sweeper may create it at the same moment
+        study = optuna.create_study(storage=rdb, study_name=name, direction=DIRECTIONS[direction],
+                                    sampler=sampler, pruner=pruner, load_if_exists=True)
     setup = {"direction": DIRECTIONS[direction], **(setup or {})}
     if (before := study.user_attrs.get("setup")) is None:
         study.set_user_attr("setup", setup)
     elif before != setup:
         key = next(k for k in setup if setup[k] != before.get(k))
         raise UserError(f"study {name!r} in {storage_url(spec)} ran with other settings ({key}: "
-                        f"{before.get(key)}); continue it with the same command, or start another with "
-                        "hydra.sweeper.study_name=<new name>")
+                        f"{_difference(before.get(key), setup[key])}); continue it with the same command, or "
+                        "start another with hydra.sweeper.study_name=<new name>")
     return study
+
+
+def _difference(before: Any, now: Any) -> str:
+    """What changed in one setting: for the overrides, those added and dropped, not both whole lists."""
+    if not (isinstance(before, list) and isinstance(now, list)):
+        return f"{before} then, {now} now"
+    added, dropped = [o for o in now if o not in before], [o for o in before if o not in now]
+    return ", ".join(([f"now {' '.join(added)}"] if added else []) + ([f"then {' '.join(dropped)}"]
+                                                                      if dropped else []))
 
 
 def load(spec: str, name: str):
@@ -129,15 +146,21 @@ def owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def dead(who: str) -> bool:
+    """Whether an `owner()` is a process of this host that is gone (one elsewhere cannot be told)."""
+    host, _, pid = who.rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid))
+
+
 def recover(study) -> list[int]:
     """Trials left RUNNING by a sweeper that died (kill -9, a lost node) on this host: marked FAIL and asked
-    again with the same parameters (the retry comes first). Trials of live sweepers are left alone."""
+    again with the same parameters (the retry comes first). Trials of live sweepers are left alone. Its MLflow
+    runs are sweep.recover's."""
     from optuna.trial import TrialState
 
-    host, retried = socket.gethostname(), []
+    retried = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        who, _, pid = str(t.user_attrs.get("owner", "")).rpartition(":")
-        if who == host and pid.isdigit() and not pid_alive(int(pid)):
+        if dead(str(t.user_attrs.get("owner", ""))):
             study.tell(t.number, state=TrialState.FAIL)
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
             retried.append(t.number)

@@ -20,6 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab import tracking
+from cnnlab.errors import UserError
 from cnnlab.io import write_csv, write_json, write_text
 from cnnlab.paths import RunDir, provenance, sweep_dir
 
@@ -122,24 +123,59 @@ def finish(config: DictConfig, status: str = "FINISHED") -> None:
     tracking.log_run_files(cfg, info.get("parent_run_id"), {"": boards}, metrics | extra, finish=status)
 
 
+def start(config: DictConfig) -> None:
+    """The sweep's MLflow parent run (tagged with its owner, this process, so a rerun of its study can tell it
+    died) and sweep.json, which tells the jobs about it."""
+    from cnnlab.study import owner
+
+    d = Path(config.hydra.sweep.dir)
+    cfg = _task_cfg(config)
+    study = study_of(config)
+    run_id = tracking.new_run(cfg, f"sweep-{d.name}",
+                              {"sweep.overrides": " ".join(config.hydra.overrides.task)},
+                              {"sweep_id": d.name, "sweep_dir": str(d.resolve()), "owner": owner(),
+                               "dataset": cfg.data.name, "model": cfg.model.name,
+                               **({"optuna_study": study["name"], "optuna_storage": study["storage"]}
+                                  if study else {})})
+    write_json(d / "sweep.json", {"parent_run_id": run_id, "overrides": list(config.hydra.overrides.task),
+                                  "study": study})
+    # a sweep that stops on an error (a failed job of a grid, a study's trials failing in a row) never reaches
+    # on_multirun_end: keep what ran and close the parent run as failed, not RUNNING forever
+    atexit.register(_abandoned, config)
+
+
+def _abandoned(config: DictConfig) -> None:
+    finish(config, "FAILED")
+
+
+def recover(config: DictConfig) -> None:
+    """MLflow's side of study.recover: the parent runs of this study's sweeps that died (kill -9, a lost node)
+    on this host, and their trials' runs, RUNNING for good otherwise, closed as KILLED."""
+    from cnnlab.study import dead
+
+    study = study_of(config)
+    tags = {"optuna_study": study["name"], "optuna_storage": study["storage"]}
+    if closed := tracking.close_abandoned(_task_cfg(config), tags, dead):
+        log.warning("study %s: MLflow runs %s were left running by a sweep that died; closed as KILLED",
+                    study["name"], closed)
+
+
+def refuse(config: DictConfig, e: Exception) -> None:
+    """A sweep refused: one line, as for every cnnlab command (Hydra would print a traceback)."""
+    print(f"cnnlab {config.hydra.job.name}: error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
 class SweepTracker(Callback):
     """Hydra callback (conf/config.yaml: hydra.callbacks.sweep)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        d = Path(config.hydra.sweep.dir)
-        cfg = _task_cfg(config)
-        study = study_of(config)
-        run_id = tracking.new_run(cfg, f"sweep-{d.name}",
-                                  {"sweep.overrides": " ".join(config.hydra.overrides.task)},
-                                  {"sweep_id": d.name, "sweep_dir": str(d.resolve()),
-                                   "dataset": cfg.data.name, "model": cfg.model.name,
-                                   **({"optuna_study": study["name"]} if study else {})})
-        write_json(d / "sweep.json", {"parent_run_id": run_id, "overrides": list(config.hydra.overrides.task),
-                                      "study": study})
-        # a sweep that stops on an error (a failed job of a grid, a refused study) never reaches
-        # on_multirun_end: keep what ran and close the parent run as failed, not RUNNING forever
-        self._open = True
-        atexit.register(lambda: self._open and finish(config, "FAILED"))
+        if study_of(config):  # the Optuna sweeper starts it once its study accepts this session
+            return
+        try:
+            start(config)
+        except UserError as e:  # a broken MLflow store
+            refuse(config, e)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
@@ -159,5 +195,5 @@ class SweepTracker(Callback):
         write_json(Path(config.hydra.sweep.dir) / "jobs" / f"{config.hydra.job.num}.json", row)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._open = False
+        atexit.unregister(_abandoned)
         finish(config)

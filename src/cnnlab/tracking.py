@@ -5,17 +5,21 @@ sweep, data hash)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sqlite3
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.config import flat
+from cnnlab.errors import UserError
 from cnnlab.paths import anchored, optuna_trial, sweep_dir
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,23 @@ def unreachable(uri: str, timeout: float = 3.0) -> str | None:
             return None if r.status == 200 else f"HTTP {r.status}"
     except OSError as e:
         return str(getattr(e, "reason", e))
+
+
+def check_sqlite(url: str, remedy: str) -> None:
+    """A SQLite store (an `sqlite:///` URL) that exists but is no database (overwritten, truncated, a disk
+    error) → one UserError naming the file and `remedy`, not the 80-line traceback MLflow or Optuna give."""
+    if not url.startswith("sqlite:///"):
+        return
+    path = Path(url.removeprefix("sqlite:///").split("?")[0]).resolve()
+    if not path.is_file():
+        return
+    try:  # read-only; timeout: another process may be writing it
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=60)) as db:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:  # locked past the timeout, unreadable: not a verdict on the file
+        raise
+    except sqlite3.DatabaseError as e:
+        raise UserError(f"{path} is not a readable SQLite database ({e}): {remedy}") from None
 
 
 def git_state() -> dict[str, str]:
@@ -95,6 +116,9 @@ def usable_uri(cfg: DictConfig) -> str | None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
     uri = tracking_uri(cfg)
+    # a store that is there but broken is refused, not dropped: the user would lose tracking unknowingly
+    check_sqlite(uri, "restore it from a backup, or move it away to start a new store; or track elsewhere "
+                      "(tracking.uri=...) or not at all (tracking.enabled=false)")
     if why := unreachable(uri):
         log.warning("MLflow server %s unreachable (%s): this run is not tracked; local files are complete",
                     uri, why)
@@ -233,15 +257,44 @@ def register_model(cfg: DictConfig, run_id: str, metrics: dict[str, float]) -> s
 
 
 def delete_run(cfg: DictConfig, run_id: str | None) -> None:
-    """Remove a run that recorded nothing (a sweep refused before its first job)."""
+    """Remove a run that recorded nothing (a sweep refused before its first job), closed as FAILED first: a
+    deleted run stays in the store (`mlflow gc` purges it) and lists with deleted runs."""
     if run_id is None or (uri := usable_uri(cfg)) is None:
         return
     from mlflow import MlflowClient
 
     try:
-        MlflowClient(uri).delete_run(run_id)
+        client = MlflowClient(uri)
+        client.set_terminated(run_id, "FAILED")
+        client.delete_run(run_id)
     except Exception as e:
         log.warning("MLflow: empty run %s not deleted (%s: %s)", run_id, type(e).__name__, e)
+
+
+def close_abandoned(cfg: DictConfig, tags: dict[str, str], dead: Callable[[str], bool]) -> list[str]:
+    """Runs tagged `tags` and left RUNNING by a process that died (kill -9, a lost node): their `owner` tag
+    (host:pid) is one `dead` says is gone. They and their RUNNING child runs are closed as KILLED. Returns
+    the runs closed."""
+    if (uri := usable_uri(cfg)) is None:
+        return []
+    from mlflow import MlflowClient
+
+    try:
+        client = MlflowClient(uri)
+        if (exp := client.get_experiment_by_name(cfg.tracking.experiment)) is None:
+            return []
+        # tags are matched here, not in the filter: a study name may hold quotes
+        running = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'", max_results=5000)
+        gone = {r.info.run_id for r in running if tags.items() <= r.data.tags.items()
+                and "owner" in r.data.tags and dead(r.data.tags["owner"])}
+        closed = [r.info.run_id for r in running
+                  if r.info.run_id in gone or r.data.tags.get("mlflow.parentRunId") in gone]
+        for run_id in closed:
+            client.set_terminated(run_id, "KILLED")
+        return closed
+    except Exception as e:  # the study is repaired either way; the runs only look alive
+        log.warning("MLflow: runs of a sweep that died not closed (%s: %s)", type(e).__name__, e)
+        return []
 
 
 def training_runs(cfg: DictConfig, limit: int = 1000) -> list:
@@ -260,3 +313,97 @@ def training_runs(cfg: DictConfig, limit: int = 1000) -> list:
         log.warning("MLflow: runs not read (%s: %s)", type(e).__name__, e)
         return []
     return [r for r in runs if "data_hash" in r.data.tags]
+
+
+# What tells experiments apart: the settings of a training (paths, tracking and the other commands' settings
+# do not change a model), less what differs without changing one (checksums, file names, hints, where things
+# are, the class names a dataset brings).
+COMPARED = ("seed", "model.", "optimizer.", "scheduler.", "train.", "trainer.", "data.", "deterministic")
+NOISE = ("md5", "sha256", "hash", "checksum", "hint", "path", "_dir", "root", "_files", "folder", "archive",
+         "classes")
+CHOSEN = ("data", "model", "optimizer", "scheduler")  # config groups: another choice is one change, model=cnn
+
+
+def compared(params: dict) -> dict[str, str]:
+    return {k: str(v) for k, v in params.items() if k.startswith(COMPARED) and not any(w in k for w in NOISE)}
+
+
+def _choice(params: dict[str, str], group: str) -> str | None:
+    """A config group's choice (its name or target); "none" when no key of it was logged (scheduler=none),
+    None when its keys do not say."""
+    if not any(k.startswith(f"{group}.") for k in params):
+        return "none"
+    choice = params.get(f"{group}.name") or params.get(f"{group}._target_")
+    return choice and choice.rsplit(".", 1)[-1]
+
+
+def changes(params: dict[str, str], base: dict[str, str]) -> dict[str, str]:
+    """What a run's compared params change against a baseline's: a group chosen otherwise as `group: choice`
+    (its keys are the new choice's, not changes), any other key as `key: value`."""
+    out = {g: c for g in CHOSEN if (c := _choice(params, g)) is not None and c != _choice(base, g)}
+    return out | {k: v for k, v in params.items() if k.split(".")[0] not in out and base.get(k) != v}
+
+
+def _baselines(cfg: DictConfig, rev: str | None) -> list[dict[str, str]]:
+    """The compared params a run may have started from: DVC's baseline commit's params file (`rev`; else
+    `cfg`, the config given) and each of its named runs laid over it (`runs.transfer`)."""
+    from cnnlab.config import select_run
+    from cnnlab.paths import project_root
+
+    base = cfg
+    if rev:
+        p = subprocess.run(["git", "show", f"{rev}:{cfg.paths.params_file}"], capture_output=True, text=True,
+                           cwd=project_root())
+        base = OmegaConf.create(p.stdout) if p.returncode == 0 else cfg  # a rev gone: the config given
+    return [compared(flatten(c)) for c in (base, *(select_run(base, n) for n in base.get("runs") or {}))]
+
+
+def experiments(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Every training run (`training_runs`, newest first) as experiments are compared: a name that tells runs
+    by hand apart (their folder), its state (an Optuna trial's PRUNED included), what it changes against its
+    own baseline (the config its sweep's jobs share, its DVC baseline's params file, else `cfg`), the best
+    val/acc of its epochs, its own test accuracy, the evaluations recorded apart from it ({name: test
+    accuracy}), and the seconds it trained."""
+    runs = training_runs(cfg)
+    if not runs:
+        return []
+    from mlflow import MlflowClient
+
+    try:
+        client = MlflowClient(tracking_uri(cfg))
+        evaluations: dict[str, dict[str, float | None]] = {}
+        for e in client.search_runs([runs[0].info.experiment_id], "tags.evaluates LIKE '%'",
+                                    order_by=["attributes.start_time ASC"], max_results=5000):
+            evaluations.setdefault(e.data.tags["evaluates"], {})[e.info.run_name] = e.data.metrics.get(
+                "test/accuracy")
+        val = {r.info.run_id: [m.value for m in client.get_metric_history(r.info.run_id, "val/acc")]
+               for r in runs}
+    except Exception as e:  # the report still shows the pipeline's own files
+        log.warning("MLflow: runs not read (%s: %s)", type(e).__name__, e)
+        return []
+    params = {r.info.run_id: compared(r.data.params) for r in runs}
+    jobs: dict[str, list[dict[str, str]]] = {}
+    for r in runs:
+        if sweep := r.data.tags.get("sweep_id"):
+            jobs.setdefault(sweep, []).append(params[r.info.run_id])
+    shared = {s: dict(set.intersection(*(set(p.items()) for p in ps)))  # what a sweep's jobs share
+              for s, ps in jobs.items() if len(ps) > 1}
+    bases: dict[str | None, list[dict[str, str]]] = {}
+    rows = []
+    for r in runs:
+        t, p, i = r.data.tags, params[r.info.run_id], r.info
+        rev = t.get("dvc_baseline_rev")
+        base = shared.get(t.get("sweep_id")) or min(bases.setdefault(rev, _baselines(cfg, rev)),
+                                                    key=lambda b: len(changes(p, b)))
+        by_hand = not t.get("dvc_exp_name") and not t.get("sweep_id")  # the same run_name every time
+        rows.append({
+            "name": i.run_name + (f" ({Path(t['out_dir']).name if t.get('out_dir') else i.run_id[:8]})"
+                                  if by_hand else ""),
+            "run_id": i.run_id, "started": i.start_time, "dvc_exp": t.get("dvc_exp_name"),
+            "baseline": (rev or "")[:7], "sweep": t.get("sweep_id"),
+            "git": t.get("git_sha", "")[:7] + ("*" if t.get("git_dirty") == "True" else ""),
+            "state": "pruned" if t.get("optuna_state") == "PRUNED" else i.status.lower(),
+            "changes": changes(p, base), "val_acc": max(val[i.run_id], default=None),
+            "test_acc": r.data.metrics.get("test/accuracy"), "evaluations": evaluations.get(i.run_id, {}),
+            "seconds": (i.end_time - i.start_time) / 1000 if i.end_time else None})
+    return rows

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -53,9 +52,8 @@ class OptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         try:
             return self._sweep(arguments)
-        except UserError as e:  # one line, as for every cnnlab command (Hydra would print a traceback)
-            print(f"cnnlab {self.config.hydra.job.name}: error: {e}", file=sys.stderr)
-            sys.exit(2)
+        except UserError as e:
+            sweep.refuse(self.config, e)
 
     def _sweep(self, arguments: list[str]) -> Any:
         from optuna.trial import TrialState
@@ -75,11 +73,13 @@ class OptunaSweeper(Sweeper):
             raise UserError("hparams_search: hydra.sweeper.params is empty: nothing to search")
         from hydra.utils import instantiate
 
+        sweep.recover(self.config)  # first: a broken MLflow store is refused before the study is touched
         study = studies.open_study(self.storage, self.study_name, self.direction,
                                    pruner=instantiate(self.pruner_cfg) if self.pruner_cfg else None,
                                    setup=studies.setup_of(params, fixed))
         study.sampler = self._sampler(space, len(study.trials)) or study.sampler
         studies.recover(study)
+        sweep.start(self.config)  # only now: a study that refuses this session leaves no MLflow run
         done = studies.finished(study)
         if done >= self.n_trials:
             log.info("study %s already has %d finished trials (n_trials=%d counts the study's total): raise "

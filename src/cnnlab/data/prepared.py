@@ -3,12 +3,15 @@ labels) and `manifest.json`. safetensors: no pickle, memory-mappable, and byte-i
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from cnnlab.errors import UserError
@@ -36,8 +39,14 @@ def stratified_split(labels: np.ndarray, n_val: int, seed: int,
 
 def save_split(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
     # np.array copies: readers hand out read-only views of decompressed buffers, which torch refuses to wrap
-    save_file({"images": torch.from_numpy(np.array(images, order="C")),
-               "labels": torch.from_numpy(np.array(labels, order="C"))}, str(path))
+    tensors = {"images": torch.from_numpy(np.array(images, order="C")),
+               "labels": torch.from_numpy(np.array(labels, order="C"))}
+    try:
+        save_file(tensors, str(path))
+    except SafetensorError as e:  # its I/O errors are not OSErrors: a full disk becomes one again
+        if "os error 28" not in str(e):
+            raise
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
 
 
 @dataclass

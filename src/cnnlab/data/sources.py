@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import os
 import pickle
+import stat
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +56,9 @@ def checked(reader: Callable[[DictConfig, Path], Raw]) -> Callable[[DictConfig, 
         # val_size 0 would train with NaN val metrics and never write best.ckpt
         val = _count(cfg, "val_size", 1)
         raw = reader(cfg, raw_dir)
+        if len(found := np.unique(raw.train_y)) == 1:  # one class: every prediction right, nothing learned
+            raise UserError(f"{cfg.name}: every training image is of class {raw.classes[found[0]]!r}: a "
+                            "classifier needs at least 2 classes")
         n = len(raw.train_y)
         if val >= n:
             raise UserError(f"data.val_size={val} must be smaller than the {n} training images")
@@ -234,13 +238,24 @@ def _load_images(files: list[Path], labels: list[int],
     return x, y, [str(f) for f, _ in bad]
 
 
+def _kind(path: Path) -> str:
+    mode = path.stat().st_mode
+    return next((kind for test, kind in ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                                         (stat.S_ISFIFO, "named pipe (FIFO)"), (stat.S_ISSOCK, "socket"))
+                 if test(mode)), "special file")
+
+
 @checked
 def read_image_folder(cfg: DictConfig, raw_dir: Path) -> Raw:
     if cfg.root is None:
         raise UserError("image_folder needs data.root=<dir or archive with train/<class>/*.jpg>")
     root = Path(cfg.root)
-    if root.is_file():  # users often bring their data as one archive
-        root = extract(root, raw_dir / root.name.split(".")[0])
+    if not root.exists():
+        raise UserError(f"data.root={root} does not exist")
+    if not root.is_dir() and not root.is_file():
+        raise UserError(f"data.root={root} is a {_kind(root)}, not a folder or an archive")
+    if root.is_file():  # users often bring their data as one archive; its name decides nothing on disk
+        root = extract(root, raw_dir / "extracted" / cfg.name)
     if not (root / "train").is_dir():
         inner = [d for d in root.iterdir() if (d / "train").is_dir()] if root.is_dir() else []
         if len(inner) != 1:

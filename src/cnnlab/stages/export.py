@@ -6,7 +6,6 @@ it."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
@@ -14,10 +13,10 @@ from omegaconf import DictConfig
 from cnnlab import tracking
 from cnnlab.data.prepared import load_manifest, load_split, manifest_hash
 from cnnlab.errors import UserError
-from cnnlab.evaluation.inference import ExportedModel, open_model
+from cnnlab.evaluation.inference import ExportedModel, open_model, training_run
 from cnnlab.export import export
-from cnnlab.paths import data_dir, latest_run, provenance, run_dir
-from cnnlab.tasks.classifier import Classifier
+from cnnlab.models import check_input_shape
+from cnnlab.paths import data_dir, latest_run, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -30,25 +29,23 @@ def run(cfg: DictConfig) -> dict:
         raise UserError(f"nothing to export in {run.root}: pass out_dir=<a run folder>"
                         + (f" (the latest is {hint})" if hint else "") + " or export.source=<checkpoint or "
                         "models:/name@alias>")
-    model = open_model(source, torch.device("cpu"),
-                       tracking.tracking_uri(cfg) if cfg.tracking.enabled else None)
+    uri = tracking.tracking_uri(cfg) if cfg.tracking.enabled else None
+    model = open_model(source, torch.device("cpu"), uri)
     if isinstance(model, ExportedModel):
         raise UserError(f"{source} is already an export; export a checkpoint or a registered model")
     data = data_dir(cfg)
     manifest = load_manifest(data)
+    check_input_shape(tuple(model.hparams.in_shape), tuple(manifest["image_shape"]))
     if list(model.hparams.class_names) != manifest["classes"]:
         raise UserError(f"the model's classes differ from {data}'s: the check needs test images of the data "
                         "it was trained on (data=...)")
     images = load_split(data, "test").images[: x.check_images]
-    if isinstance(model, Classifier):
-        net, mean, std = model.net, model.mean.flatten().tolist(), model.std.flatten().tolist()
-    else:  # the registry's network takes [0, 1] images and normalises them itself
-        net, mean, std = model.net, [0.0] * images.shape[1], [1.0] * images.shape[1]
-    prov = provenance(Path(source).parent) if isinstance(model, Classifier) else {}
+    prov = training_run(source, uri)
     meta = {"classes": list(model.hparams.class_names), "source": source,
             "mlflow_run_id": prov.get("mlflow_run_id"), "git_sha": prov.get("git_sha"),
             "data_hash": prov.get("data_hash") or manifest_hash(data)}
     folder = run.root / "export"
+    net, mean, std = model.net, model.mean.flatten().tolist(), model.std.flatten().tolist()
     info = export(net, mean, std, images, folder, meta, uint8=x.input_dtype == "uint8", atol=x.atol,
                   formats=tuple(x.formats))
     if meta["mlflow_run_id"]:

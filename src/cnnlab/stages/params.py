@@ -3,7 +3,8 @@
 
 params.yaml is generated, so a change made to it by hand would be lost without a word: such a file is not
 overwritten without --force, and the keys that differ are named. What `dvc exp run -S` composed into it is no
-hand edit (its stages note it), so `make run` after an experiment returns the workspace to conf/."""
+hand edit (its stages note it), so `make run` after an experiment returns the workspace to conf/, naming
+the keys it resets."""
 
 from __future__ import annotations
 
@@ -42,6 +43,11 @@ def run(cfg: DictConfig, force: bool = False) -> dict:
         raise UserError(f"{path} was changed by hand since it was generated and "
                         f"differs from conf/ in {', '.join(keys[:6])}{' …' if len(keys) > 6 else ''}: put "
                         "the change in conf/ (or pass it as an override), or overwrite it with --force")
+    if old is not None and (keys := differing_keys(old, text)):
+        # what `dvc exp run -S` composed goes back to conf/ here: say which values, so nothing is lost unseen
+        log.warning("%s: %s reset to conf/'s value%s (an experiment's values stay in its `dvc exp show` row; "
+                    "`dvc exp apply <name>` brings them back)", path, ", ".join(keys[:6])
+                    + (" …" if len(keys) > 6 else ""), "s" if len(keys) > 1 else "")
     write_text(path, text)
     note_params(cfg, path)
     log.info("wrote %s", path)

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from cnnlab.data.prepared import SPLITS, save_split, stratified_split
 from cnnlab.data.sources import READERS
 from cnnlab.errors import UserError
-from cnnlab.io import atomic_dir, sha256_file, write_json
+from cnnlab.io import atomic_dir, no_space, sha256_file, write_json
 from cnnlab.paths import data_dir
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,15 @@ def run(cfg: DictConfig) -> dict:
         splits["train"] = splits["train"][0][rest_idx], splits["train"][1][rest_idx]
 
     out = data_dir(cfg)
+    try:
+        manifest = _write(out, d, raw, splits)
+    except OSError as e:
+        raise no_space(e, out) or e from None  # atomic_dir has removed what was written
+    log.info("prepared %s → %s: %s, images %s", d.name, out, manifest["sizes"], manifest["image_shape"])
+    return manifest["sizes"]
+
+
+def _write(out: Path, d: DictConfig, raw, splits: dict) -> dict:
     with atomic_dir(out) as tmp:
         for name in SPLITS:
             save_split(tmp / f"{name}.safetensors", *splits[name])
@@ -54,5 +63,4 @@ def run(cfg: DictConfig) -> dict:
             "sha256": {f"{k}.safetensors": sha256_file(tmp / f"{k}.safetensors") for k in SPLITS},
         }
         write_json(tmp / "manifest.json", manifest)
-    log.info("prepared %s → %s: %s, images %s", d.name, out, manifest["sizes"], manifest["image_shape"])
-    return manifest["sizes"]
+    return manifest

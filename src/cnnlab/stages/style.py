@@ -92,6 +92,9 @@ def run(cfg: DictConfig) -> dict:
     style_size = max(round(size * s.style_scale), s.min_size)
     loaded = [load_image(spec, style_size, s.min_size) for spec in styles_spec]
     styles = [img for img, _ in loaded]
+    name = s.name or f"{image_name(s.content)}_{'+'.join(image_name(x) for x in styles_spec)}"
+    name = re.sub(r"[^\w.+=-]", "_", name)
+    out = out_dir(cfg) / name  # before the optimisation: a refused out_dir costs none of it
     net = feature_net(s.network, settings.content_layers + settings.style_layers, s.weights_path,
                       s.softmax_features, s.softmax_temperature)
     auto = "cuda" if torch.cuda.is_available() else "cpu"
@@ -102,9 +105,6 @@ def run(cfg: DictConfig) -> dict:
     with bar or contextlib.nullcontext():
         result = stylise(net, content, styles, weights, settings, device, update)
 
-    name = s.name or f"{image_name(s.content)}_{'+'.join(image_name(x) for x in styles_spec)}"
-    name = re.sub(r"[^\w.+=-]", "_", name)
-    out = out_dir(cfg) / name
     h, w = result.image.shape[-2:]
     metrics = {**{f"{k}_loss": v for k, v in result.final.items()}, "time_s": round(result.seconds, 2),
                "iterations": len(result.history), "lbfgs_restarts": result.restarts, "height": h, "width": w,

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import BaseFinetuning, EarlyStopping, ModelCheckpoint, RichProgressBar
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from cnnlab import study
 from cnnlab.io import write_csv
@@ -26,8 +30,8 @@ def from_config(cfg: DictConfig, stage: RunDir, tty: bool) -> list[pl.Callback]:
     callbacks: list[pl.Callback] = [
         EpochHistory(stage.train / "history.csv", print_lines=not tty),
         # saved at train-epoch end, after validation and after EpochHistory, so the history rides along
-        ModelCheckpoint(dirpath=stage.model, filename="best", monitor=t.monitor, mode=t.monitor_mode,
-                        save_last=True, save_on_train_epoch_end=True, enable_version_counter=False),
+        BestAndLast(dirpath=stage.model, filename="best", monitor=t.monitor, mode=t.monitor_mode,
+                    save_last=True, save_on_train_epoch_end=True, enable_version_counter=False),
     ]
     if tty:
         callbacks.append(EpochProgressBar())
@@ -42,6 +46,72 @@ def from_config(cfg: DictConfig, stage: RunDir, tty: bool) -> list[pl.Callback]:
     if (trial := study.current_trial()) is not None:  # a job of an Optuna sweep
         callbacks.append(OptunaPruning(study.TrialReporter(trial), t.monitor))
     return callbacks
+
+
+class BestAndLast(ModelCheckpoint):
+    """best.ckpt when the monitored value improves, last.ckpt after every epoch. Lightning 2.6 writes
+    last.ckpt only in epochs that improved best.ckpt, so `resume=true` after a finished run retrained from
+    the last improvement."""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if not self._should_skip_saving_checkpoint(trainer):  # nothing saved at this step: no improvement
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """A run folder copied or moved elsewhere keeps its best score: Lightning drops it when the folder
+        changed, and the first resumed epoch, however bad, replaced best.ckpt. Its paths are mapped to here,
+        so nothing in the original folder is ever removed."""
+        here = lambda p: str(Path(self.dirpath) / Path(p).name) if p else p  # noqa: E731
+        super().load_state_dict({
+            **state_dict, "dirpath": self.dirpath, "best_model_path": here(state_dict["best_model_path"]),
+            "kth_best_model_path": here(state_dict.get("kth_best_model_path", "")),
+            "last_model_path": here(state_dict.get("last_model_path", "")),
+            "best_k_models": {here(k): v for k, v in state_dict.get("best_k_models", {}).items()}})
+
+
+class Interrupted(SIGTERMException):
+    """Training stopped by SIGTERM or SIGINT (`signum`), at a point where nothing is half-written."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+class StopOnSignal(pl.Callback):
+    """While a run is open (`with`), SIGTERM and SIGINT are recorded, not obeyed at once: training stops at
+    the next batch, where no checkpoint or history is half-written (Lightning does so for SIGTERM, then exits
+    0; Ctrl+C raised anywhere, a checkpoint cut off mid-write included, and exited 1). `now` makes a signal
+    stop at once (MLflow logging: nothing local is written). A second signal kills the process outright."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.now = False
+        self._before: dict[int, object] = {}
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():  # Python runs handlers there only
+            self._before = {s: signal.signal(s, self._on) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._before.items():
+            signal.signal(s, handler)
+
+    def _on(self, signum: int, frame) -> None:
+        if self.signum is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        self.signum = signum
+        if self.now:
+            raise Interrupted(signum)
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.check()
 
 
 class OptunaPruning(pl.Callback):
@@ -119,6 +189,13 @@ class EpochProgressBar(RichProgressBar):
         last = self.trainer.max_epochs
         text = f"Epoch {current_epoch + 1}" + (f"/{last}" if last is not None and last >= 0 else "")
         return f"{text:{len(self.validation_description)}}"  # padded as Lightning's: the bars do not flicker
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        # Lightning adds the logger's version as `v_num`: for MLflow a run-id prefix, which tells a reader
+        # nothing
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
 
 
 class GradualUnfreeze(BaseFinetuning):

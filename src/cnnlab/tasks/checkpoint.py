@@ -3,6 +3,7 @@ one `InvalidCheckpoint` line saying why, not a traceback from torch, Hydra or Li
 
 from __future__ import annotations
 
+import math
 import pickle
 import zipfile
 from pathlib import Path
@@ -16,6 +17,8 @@ from cnnlab.errors import UserError
 RESUME_KEYS = ("epoch", "global_step", "loops", "optimizer_states", "callbacks")
 # What Classifier.load rebuilds the model from (its saved hyper-parameters)
 MODEL_KEYS = ("net", "in_shape", "num_classes", "class_names", "mean", "std")
+# Bounds of a checkpoint's sizes (cnnlab trains 28-224 px images, ImageNet-21k has 21,841 classes)
+MAX_SIDE, MAX_CLASSES = 4096, 100_000
 
 
 class InvalidCheckpoint(UserError):
@@ -70,6 +73,7 @@ def read_checkpoint(path: Path) -> dict:
     if not isinstance(target, str) or not target.startswith("cnnlab.models.") or special:
         what = f"keys {', '.join(special)}" if special else f"_target_ {target!r}"
         raise InvalidCheckpoint(path, f"its net config has {what}: refused, only cnnlab.models nets are made")
+    _check_hparams(path, hp)
     tensors = ckpt["state_dict"]
     if not all(isinstance(v, torch.Tensor) for v in tensors.values()):
         raise InvalidCheckpoint(path, "its state_dict holds values that are not tensors")
@@ -77,6 +81,44 @@ def read_checkpoint(path: Path) -> dict:
     if bad is not None:
         raise InvalidCheckpoint(path, f"non-finite weights in {bad}")
     return ckpt
+
+
+def _check_hparams(path: Path, hp: dict) -> None:
+    """What the network and the preprocessing are built from, before anything is built: sizes within reason
+    (a network for 100000×100000 images would be allocated whole), statistics per channel, and no OmegaConf
+    interpolation (`${oc.env:...}` would be resolved when the net config is read)."""
+    if found := _interpolation(hp, "hyper_parameters"):
+        raise InvalidCheckpoint(path, f"{found} holds an interpolation: refused, a checkpoint's values are "
+                                      "never resolved")
+    shape, n, names = hp["in_shape"], hp["num_classes"], hp["class_names"]
+    if not (_numbers(shape, int) and len(shape) == 3 and shape[0] in (1, 3)
+            and all(1 <= s <= MAX_SIDE for s in shape[1:])):
+        raise InvalidCheckpoint(path, f"in_shape {shape!r}: must be [1 or 3, height, width], sides of 1 to "
+                                      f"{MAX_SIDE} px")
+    if not (type(n) is int and 1 <= n <= MAX_CLASSES and isinstance(names, list) and len(names) == n
+            and all(isinstance(c, str) for c in names)):
+        raise InvalidCheckpoint(path, f"num_classes {n!r} does not count its class_names, or is over "
+                                      f"{MAX_CLASSES}")
+    for key in ("mean", "std"):
+        v = hp[key]
+        if not (_numbers(v, float) and len(v) == shape[0] and (key == "mean" or min(v) > 0)):
+            raise InvalidCheckpoint(path, f"{key} {v!r}: must be {shape[0]} finite numbers, one per channel"
+                                          + (", > 0" if key == "std" else ""))
+
+
+def _numbers(v: object, kind: type) -> bool:
+    """A list or tuple of finite numbers (ints where kind is int; bools are neither)."""
+    kinds = (int,) if kind is int else (int, float)
+    return isinstance(v, (list, tuple)) and all(type(x) in kinds and math.isfinite(x) for x in v)
+
+
+def _interpolation(node: object, where: str) -> str | None:
+    """The first value that OmegaConf would resolve (`${...}`), named by its key."""
+    if isinstance(node, dict):
+        return next((f for k, v in node.items() if (f := _interpolation(v, f"{where}.{k}"))), None)
+    if isinstance(node, (list, tuple)):
+        return next((f for i, v in enumerate(node) if (f := _interpolation(v, f"{where}[{i}]"))), None)
+    return where if isinstance(node, str) and "${" in node else None
 
 
 def _hydra_keys(node: object, where: str = "net", top: bool = True) -> list[str]:
@@ -89,9 +131,9 @@ def _hydra_keys(node: object, where: str = "net", top: bool = True) -> list[str]
     return []
 
 
-def load_weights(path: Path, model: pl.LightningModule, ckpt: dict) -> None:
-    """The checkpoint's weights into the model rebuilt from its hyper-parameters, strictly; a mismatch is one
-    line counting what is missing, unexpected or of another shape."""
+def check_fit(path: Path, model: pl.LightningModule, ckpt: dict) -> None:
+    """The checkpoint's weights fit the model rebuilt from its hyper-parameters (built on the meta device: its
+    shapes, nothing allocated), else one line counting what is missing, unexpected or of another shape."""
     want, got = model.state_dict(), ckpt["state_dict"]
     missing, unexpected = sorted(want.keys() - got.keys()), sorted(got.keys() - want.keys())
     shapes = sorted(k for k in want.keys() & got.keys() if want[k].shape != got[k].shape)
@@ -99,8 +141,12 @@ def load_weights(path: Path, model: pl.LightningModule, ckpt: dict) -> None:
         parts = [f"{len(ks)} {what} (e.g. {ks[0]})" for what, ks in
                  (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)) if ks]
         raise InvalidCheckpoint(path, f"its weights do not fit its network: {', '.join(parts)}")
+
+
+def load_weights(model: pl.LightningModule, ckpt: dict) -> None:
+    """The checkpoint's weights (check_fit passed) into the model, strictly."""
     model.on_load_checkpoint(ckpt)
-    model.load_state_dict(got)
+    model.load_state_dict(ckpt["state_dict"])
 
 
 def check_checkpoint(path: str | Path) -> None:

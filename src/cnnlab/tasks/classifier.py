@@ -20,7 +20,7 @@ from cnnlab.data.loader import PreparedData, epoch_seed
 from cnnlab.errors import UserError
 from cnnlab.models import Network, build_model
 from cnnlab.models.pretrained import weights_from_checkpoint
-from cnnlab.tasks.checkpoint import InvalidCheckpoint, load_weights, read_checkpoint
+from cnnlab.tasks.checkpoint import InvalidCheckpoint, check_fit, load_weights, read_checkpoint
 
 
 class InferenceNet(torch.nn.Module):
@@ -103,12 +103,14 @@ class Classifier(pl.LightningModule):
         """A checkpoint read by `read_checkpoint` → the model it holds (training mode, on the CPU)."""
         try:  # the checkpoint holds every weight (strict load below): no pretrained file or download needed
             with weights_from_checkpoint():
+                with torch.device("meta"):  # shapes first: the file's weights, not its hparams, set the size
+                    check_fit(path, cls(**ckpt["hyper_parameters"]), ckpt)
                 model = cls(**ckpt["hyper_parameters"])
         except TypeError as e:  # hyper-parameters this version does not take
             raise InvalidCheckpoint(path, f"hyper-parameters do not fit cnnlab's Classifier: {e}") from None
         except UserError as e:  # e.g. a _target_ this version does not have
             raise InvalidCheckpoint(path, f"cannot rebuild its network: {e}") from None
-        load_weights(path, model, ckpt)
+        load_weights(model, ckpt)
         return model
 
     def inference_net(self) -> InferenceNet:

@@ -13,6 +13,8 @@ from pytorch_lightning.utilities import rank_zero_only
 from cnnlab import tracking
 
 log = logging.getLogger(__name__)
+# Where log_model puts the run's checkpoint in the logged model (MLflow's extra_files keep the file's name)
+REGISTERED_CHECKPOINT = "extra_files/best.ckpt"
 
 
 class SafeMLFlowLogger(MLFlowLogger):
@@ -33,8 +35,21 @@ class SafeMLFlowLogger(MLFlowLogger):
     def log_metrics(self, metrics, step=None) -> None:
         self._guard("metrics", super().log_metrics, metrics, step)
 
-    def log_hyperparams(self, params) -> None:
-        self._guard("params", super().log_hyperparams, params)
+    def log_hyperparams(self, params: dict) -> None:
+        self._guard("params", self._log_params, params)
+
+    def _log_params(self, params: dict) -> None:
+        """A reopened run (resume=true, e.g. with a larger trainer.max_epochs) keeps the params it started
+        with, as MLflow refuses to change one: a value changed since is the tag `resumed_with.<key>`."""
+        from mlflow.entities import RunTag
+
+        logged = self.experiment.get_run(self.run_id).data.params
+        changed = {k: str(v)[:250] for k, v in params.items()  # [:250]: as Lightning's logger stores them
+                   if k in logged and logged[k] != str(v)[:250]}
+        super().log_hyperparams({k: v for k, v in params.items() if k not in changed})
+        if changed:
+            self.experiment.log_batch(self.run_id, tags=[RunTag(f"resumed_with.{k}", v)
+                                                         for k, v in changed.items()])
 
     def log_artifact(self, path: str | Path, subdir: str | None = None) -> None:
         self._guard(f"artifact {path}", lambda: self.experiment.log_artifact(self.run_id, str(path), subdir))
@@ -44,8 +59,6 @@ class SafeMLFlowLogger(MLFlowLogger):
 
     def finalize(self, status: str = "success") -> None:
         self._guard("run status", super().finalize, status)
-
-
 
 
 def make_logger(cfg: DictConfig, run_id: str | None = None, parent_run_id: str | None = None,
@@ -62,9 +75,10 @@ def make_logger(cfg: DictConfig, run_id: str | None = None, parent_run_id: str |
                              **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})})
 
 
-def log_model(logger: SafeMLFlowLogger, net, example, metadata: dict) -> None:
-    """`mlflow.pytorch.log_model` into the training run, with an input example (so a signature) and what a
-    user of the model needs to know (`metadata`: classes, input shape)."""
+def log_model(logger: SafeMLFlowLogger, net, example, metadata: dict, checkpoint: Path) -> None:
+    """`mlflow.pytorch.log_model` into the training run, with an input example (so a signature), what a
+    user of the model needs to know (`metadata`: classes, input shape) and the run's `checkpoint` (its
+    best.ckpt), which is what cnnlab loads of a registered model: data, where the logged model is code."""
     import mlflow
     import torch
 
@@ -73,6 +87,7 @@ def log_model(logger: SafeMLFlowLogger, net, example, metadata: dict) -> None:
         with mlflow.start_run(run_id=logger.run_id):
             # explicit requirements: MLflow's inference would import-trace the model in a subprocess (slow)
             mlflow.pytorch.log_model(net, name="model", input_example=example, metadata=metadata,
+                                     extra_files=[str(checkpoint)],
                                      pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
 
     logger._guard("model", _log)

@@ -1,5 +1,7 @@
 """LR schedules, all stepped per optimizer step. Each is `f(optimizer, total_steps, steps_per_epoch, **cfg)`
-so configs stay declarative (`_partial_: true`) and the step counts come from the trainer at run time."""
+so configs stay declarative (`_partial_: true`) and the step counts come from the trainer at run time. A run
+extended on resume (a larger trainer.max_epochs) follows the longer run's schedule from the step it reached,
+as timm's schedulers do: one laid out over the run's length (onecycle, cosine, triangle) jumps there."""
 
 from __future__ import annotations
 
@@ -9,11 +11,22 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
 
+class _OneCycle(OneCycleLR):
+    """OneCycleLR laid out over the run it is built for, like the other schedules here: torch saves the
+    layout (total_steps) in its state, so a run extended on resume (a larger trainer.max_epochs) would keep
+    the shorter one's and fail past its end ("Tried to step 17 times")."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        layout = {k: self.__dict__[k] for k in ("total_steps", "_schedule_phases")}
+        super().load_state_dict(state_dict)
+        self.__dict__.update(layout)
+
+
 def onecycle(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, pct_start: float = 0.25,
              div_factor: float = 25.0, final_div_factor: float = 1e4) -> LRScheduler:
     max_lr = [g["lr"] for g in optimizer.param_groups]  # the optimizer's lr is the peak
-    return OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start,
-                      div_factor=div_factor, final_div_factor=final_div_factor)
+    return _OneCycle(optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start,
+                     div_factor=div_factor, final_div_factor=final_div_factor)
 
 
 def cosine(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, warmup_epochs: float = 0.0,
