@@ -232,6 +232,19 @@ def test_image_folder_without_test_dir_carves_test(cfg, workdir):
     assert load_manifest(workdir / "data/prepared/image_folder")["image_shape"] == [1, 32, 32]
 
 
+def test_image_folder_splits_are_fractions_by_default(cfg, workdir):
+    """The README's `data=image_folder data.root=... data.image_size=64` on a small folder: val and test are
+    10 % of the training images each (a count of 5,000 refused every folder of <= 5,000 images)."""
+    import shutil
+
+    root = image_tree(workdir / "imgs", n=20)
+    shutil.rmtree(root / "test")
+    sizes = prepare.run(cfg("data=image_folder", "data.root=imgs", "data.image_size=8"))
+    assert sizes == {"train": 32, "val": 4, "test": 4}  # 40 images: 4 + 4 carved, stratified
+    with pytest.raises(UserError, match=r"val_size=1.5 must be an integer >= 1 or a fraction in \(0, 1\)"):
+        prepare.run(cfg("data=image_folder", "data.root=imgs", "data.val_size=1.5"))
+
+
 def test_truncated_image_named_then_skipped(cfg, workdir):
     root = image_tree(workdir / "imgs")
     bad = root / "train/dog/005.png"

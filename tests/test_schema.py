@@ -94,7 +94,7 @@ BAD = [  # overrides; the message must name the last one's key first
     ["trainer.gradient_clip_val=-1"],
     ["trainer.limit_train_batches=1.5"],
     ["trainer.limit_val_batches=0"],
-    ["data.val_size=0.1"],
+    ["data.val_size=1.5"],  # a count, or a fraction in (0, 1)
     ["data.val_size=60000"],  # all of Fashion-MNIST's training images
     ["data=synthetic", "data.val_size=600"],
     ["data=image_folder", "data.channels=2"],

@@ -74,6 +74,8 @@ Device = rule(str, "must be auto, cpu, cuda, cuda:N or mps", pattern=r"^(auto|cp
 Partial = rule(Literal[True], "must be true (the callee's first arguments come at run time)")
 Shape = or_null(rule(list[Ge1], "must be [channels, height, width], integers >= 1",
                      min_length=3, max_length=3))
+Size = rule(Ge1 | Annotated[float, Field(gt=0, lt=1)],
+            "must be an integer >= 1 (images) or a fraction in (0, 1) of the training images")
 Limit = or_null(rule(Ge1 | Annotated[float, Field(gt=0, le=1)],
                      "must be an integer >= 1 (batches) or a fraction in (0, 1]"))
 # Lightning's precisions; from 32 on the legacy spellings it still takes
@@ -94,8 +96,8 @@ def section(name: str, /, **fields: Any) -> type[BaseModel]:
 
 Data = section(
     "Data", name=Name, source=one_of("mnist", "cifar", "image_folder", "synthetic"),  # data.sources.READERS
-    val_size=Count,  # a count: stratified_split takes no fraction; 0 would leave val/acc unlogged
-    test_size=Count, split_seed=Int, image_size=Count, channels=one_of(1, 3), download=Bool, root=OptStr,
+    val_size=Size, test_size=Size,  # a count or a fraction; 0 would leave val/acc unlogged
+    split_seed=Int, image_size=Count, channels=one_of(1, 3), download=Bool, root=OptStr,
     num_workers=Count0, skip_bad_images=Bool,
     num_train=Count, num_test=Count, num_classes=Count, contrast=NonNeg, noise=NonNeg, seed=Int)  # synthetic
 Net = section(  # options several nets share; each net checks its own when it is built
@@ -231,7 +233,7 @@ def _cross(c: dict, prefix: str) -> None:
     """Rules between keys, on values the schema has passed."""
     d, t, s = c.get("data") or {}, c.get("train") or {}, c.get("style") or {}
     n = d.get("num_train") if d.get("source") == "synthetic" else TRAIN_SIZES.get(d.get("torchvision_name"))
-    if n is not None and d.get("val_size") is not None and d["val_size"] >= n:  # image_folder: size unknown
+    if n is not None and isinstance(d.get("val_size"), int) and d["val_size"] >= n:  # image_folder: unknown
         _fail(f"{prefix}data.val_size", d["val_size"], f"must be smaller than the {n} training images")
     mode = {"acc": "max", "loss": "min"}.get(str(t.get("monitor")).rpartition("/")[2])
     if mode and t.get("monitor_mode") not in (None, mode):  # the wrong way round keeps the worst checkpoint

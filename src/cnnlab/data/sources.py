@@ -43,6 +43,33 @@ def _count(cfg: DictConfig, key: str, least: int) -> int:
     return v
 
 
+def _size(cfg: DictConfig, key: str, n: int | None) -> int:
+    """data.<key> as a number of images: a count, or a fraction of the n training images (at least 1: a val
+    split of 0 would train with NaN val metrics and never write best.ckpt)."""
+    v = cfg.get(key)
+    if isinstance(v, float):
+        if not 0 < v < 1:
+            raise UserError(f"data.{key}={v!r} must be an integer >= 1 or a fraction in (0, 1)")
+        return max(1, round(v * n)) if n is not None else 1
+    return _count(cfg, key, 1)
+
+
+def split_sizes(cfg: DictConfig, raw: Raw) -> tuple[int, int | None]:
+    """(val, test) images to carve from the training images (test None: the source has its own), checked
+    against how many there are."""
+    n = len(raw.train_y)
+    val = _size(cfg, "val_size", n)
+    if val >= n:
+        raise UserError(f"data.val_size={cfg.val_size} must be smaller than the {n} training images")
+    if raw.test_x is not None:
+        return val, None
+    test = _size(cfg, "test_size", n)  # carved from what val leaves
+    if test >= n - val:
+        raise UserError(f"data.test_size={cfg.test_size} must be smaller than the {n - val} training images "
+                        f"left after data.val_size={cfg.val_size}")
+    return val, test
+
+
 def checked(reader: Callable[[DictConfig, Path], Raw]) -> Callable[[DictConfig, Path], Raw]:
     """Refuse impossible data.* values at the data boundary, naming the key: before reading what the reader
     takes (image_size, channels), after it the split sizes, which depend on how many images there are."""
@@ -53,20 +80,12 @@ def checked(reader: Callable[[DictConfig, Path], Raw]) -> Callable[[DictConfig, 
             _count(cfg, "image_size", 1)
         if "channels" in cfg and cfg.channels not in (1, 3):
             raise UserError(f"data.channels={cfg.channels!r}: use 1 (grayscale) or 3 (RGB)")
-        # val_size 0 would train with NaN val metrics and never write best.ckpt
-        val = _count(cfg, "val_size", 1)
+        _size(cfg, "val_size", None)  # before reading: a wrong value fails fast
         raw = reader(cfg, raw_dir)
         if len(found := np.unique(raw.train_y)) == 1:  # one class: every prediction right, nothing learned
             raise UserError(f"{cfg.name}: every training image is of class {raw.classes[found[0]]!r}: a "
                             "classifier needs at least 2 classes")
-        n = len(raw.train_y)
-        if val >= n:
-            raise UserError(f"data.val_size={val} must be smaller than the {n} training images")
-        if raw.test_x is None:  # the test split is carved from what val leaves
-            test = _count(cfg, "test_size", 1)
-            if test >= n - val:
-                raise UserError(f"data.test_size={test} must be smaller than the {n - val} training images "
-                                f"left after data.val_size={val}")
+        split_sizes(cfg, raw)
         return raw
 
     return read

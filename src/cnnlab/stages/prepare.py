@@ -9,7 +9,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from cnnlab.data.prepared import SPLITS, save_split, stratified_split
-from cnnlab.data.sources import READERS
+from cnnlab.data.sources import READERS, split_sizes
 from cnnlab.errors import UserError
 from cnnlab.io import atomic_dir, no_space, sha256_file, write_json
 from cnnlab.paths import data_dir
@@ -22,13 +22,14 @@ def run(cfg: DictConfig) -> dict:
     if d.source not in READERS:
         raise UserError(f"unknown data.source {d.source!r}; valid: {', '.join(READERS)}")
     raw = READERS[d.source](d, Path(cfg.paths.raw_dir))
-    train_idx, val_idx = stratified_split(raw.train_y, d.val_size, d.split_seed)
+    n_val, n_test = split_sizes(d, raw)  # counts, or fractions of the training images
+    train_idx, val_idx = stratified_split(raw.train_y, n_val, d.split_seed)
     splits = {"train": (raw.train_x[train_idx], raw.train_y[train_idx]),
               "val": (raw.train_x[val_idx], raw.train_y[val_idx])}
     if raw.test_x is not None:
         splits["test"] = (raw.test_x, raw.test_y)
     else:  # no official test split (e.g. an image folder without test/): carve one, seeded, disjoint from val
-        rest_idx, test_idx = stratified_split(raw.train_y[train_idx], d.test_size, d.split_seed + 1,
+        rest_idx, test_idx = stratified_split(raw.train_y[train_idx], n_test, d.split_seed + 1,
                                               key="data.test_size")
         splits["test"] = splits["train"][0][test_idx], splits["train"][1][test_idx]
         splits["train"] = splits["train"][0][rest_idx], splits["train"][1][rest_idx]
