@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -67,3 +68,20 @@ def synthetic(cfg):
     from cnnlab.stages import prepare
 
     prepare.run(cfg("data=synthetic"))
+
+
+def snapshot(*folders: Path) -> dict[str, str]:
+    """sha256 of every file under the folders: what a refused command must leave as it was."""
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+            for d in folders for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def refused(args: list[str] | tuple[str, ...], says: str, cwd: Path | None = None) -> str:
+    """`cnnlab <args>` as a user runs it: exit 2 and one stderr line `cnnlab <command>: error: ...` that
+    says `says`, no traceback. Returns the line."""
+    p = run_cli(*args, check=False, cwd=cwd)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1, p.stderr
+    assert lines[0].startswith(f"cnnlab {args[0]}: error: ") and says in lines[0], lines[0]
+    assert "Traceback" not in p.stdout + p.stderr
+    return lines[0]

@@ -4,7 +4,6 @@ folder that resumes or nothing, and every such fault is one line, through the re
 from __future__ import annotations
 
 import errno
-import hashlib
 import io
 import json
 import os
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CNNLAB, run_cli
+from conftest import CNNLAB, run_cli, snapshot
 from mlflow import MlflowClient
 
 from cnnlab.errors import UserError
@@ -27,9 +26,6 @@ from cnnlab.stages import prepare, train
 TINY = ["debug=tiny", "tracking.enabled=false"]
 
 
-def snapshot(*folders: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-            for d in folders for p in sorted(d.rglob("*")) if p.is_file()}
 
 
 def refused(p: subprocess.CompletedProcess, command: str, says: str) -> str:

@@ -4,7 +4,6 @@ Hydra writes a run folder or a sweep's first job starts."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -13,14 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import refused, run_cli, snapshot
 
 TINY = ["debug=tiny", "tracking.enabled=false"]
 
 
-def snapshot(*folders: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-            for d in folders for p in sorted(d.rglob("*")) if p.is_file()}
 
 
 # Someone else's registered model, whose unpickling creates the file sys.argv[2]: logged in a process of
@@ -79,16 +75,12 @@ def _refused(project: Path, args: list[str], says: str) -> str:
     runs/ (Hydra's folder), no payload run."""
     runs, before = project / "runs", snapshot(project / "good", project / "data")
     folders = set(runs.rglob("*")) if runs.exists() else set()
-    p = run_cli(*args, check=False, cwd=project)
-    lines = p.stderr.strip().splitlines()
-    assert p.returncode == 2 and len(lines) == 1, p.stderr
-    assert lines[0].startswith(f"cnnlab {args[0]}: error: ") and says in lines[0], lines[0]
-    assert "Traceback" not in p.stdout + p.stderr
+    line = refused(args, says, cwd=project)
     assert snapshot(project / "good", project / "data") == before
     assert (set(runs.rglob("*")) if runs.exists() else set()) == folders
     assert (project / "victim.txt").read_text() == "keep me\n"
     assert not (project / "pwned").exists()
-    return lines[0]
+    return line
 
 
 def uri(project: Path) -> str:
