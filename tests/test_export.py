@@ -49,7 +49,7 @@ def test_export_of_each_family_passes_its_own_check(cfg, workdir, synthetic, fam
     for fmt in ("onnx", "pt2"):  # each format matched PyTorch on real test images, top-1 on every one
         assert info["check"][fmt]["max_abs_logit_diff"] <= 1e-4 and info["check"][fmt]["top1_agreement"] == 1
     assert info["input"] == {"name": "images", "shape": [None, 1, 28, 28], "dtype": "uint8",
-                             "range": [0, 255], "layout": "NCHW, RGB"}
+                             "range": [0, 255], "layout": "NCHW, grayscale"}  # 1 channel: not RGB
     # the batch dimension is dynamic, the preprocessing inside: raw uint8 images of any batch size
     images = load_split(workdir / "data/prepared/synthetic", "test").images[:5]
     model = Classifier.load(workdir / "out/model/best.ckpt")

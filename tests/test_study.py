@@ -128,8 +128,9 @@ def test_kill_9_of_the_sweeper_then_rerun_continues_the_study(workdir, synthetic
 
 @pytest.mark.slow
 def test_joblib_parallel_pruned_sweep_records_every_trial(cli, workdir, synthetic):
-    cli("train", *SEARCH, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2", *NEVER_GOOD_ENOUGH)
+    p = cli("train", *SEARCH, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2", *NEVER_GOOD_ENOUGH)
+    assert "Warning" not in p.stderr, p.stderr  # the jobs' processes are as quiet as the basic launcher's
     trials = load(workdir).trials
     assert len(trials) == 4 and {t.state.name for t in trials} == {"PRUNED"}
     assert all(t.intermediate_values for t in trials)  # every job reported through the shared SQLite file

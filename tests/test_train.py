@@ -78,12 +78,17 @@ def test_train_then_evaluate_cli_one_mlflow_run(cli, workdir, synthetic):
     assert [m.step for m in client.get_metric_history(r.info.run_id, "lr")] == [1, 2]
     paths = {a.path for a in client.list_artifacts(r.info.run_id)}
     assert {"config.yaml", "checkpoints", "eval", "history.csv"} <= paths
+    import mlflow
+
+    mlflow.set_tracking_uri(client.tracking_uri)  # the logged model is named as its run, not "model"
+    [logged] = mlflow.search_logged_models(experiment_ids=[r.info.experiment_id], output_format="list")
+    assert logged.name == r.info.run_name.replace("/", "-") == "seed_mnist_cnn-synthetic"
     figures = {a.path for a in client.list_artifacts(r.info.run_id, "eval/figures")}
     assert "eval/figures/predictions.png" in figures
     # the model logged with mlflow.pytorch.log_model loads back and predicts
     import mlflow.pytorch
     mlflow.set_tracking_uri(f"sqlite:///{(workdir / 'mlflow.db').resolve()}")
-    model = mlflow.pytorch.load_model(f"runs:/{r.info.run_id}/model")
+    model = mlflow.pytorch.load_model(f"runs:/{r.info.run_id}/{logged.name}")
     assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -111,6 +112,7 @@ def _validate(command: str, overrides: list[str], run: str | None, values: bool 
         _fail(command, message)
 
 
+@functools.cache  # once per process: the main one, and each joblib worker (task() calls it there)
 def _quiet() -> None:
     """Lightning chatter that asks nothing of a cnnlab user: the accelerator banner before every run (and
     every error), its advertising tip, and warnings about what cnnlab does on purpose (per-epoch logging, its
@@ -200,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     def task(cfg):
         # Lightning's DDP launcher re-runs sys.argv for ranks > 0: give it back the user's command line
         sys.argv = original_argv
+        _quiet()  # a joblib launcher's job runs in a worker process, which main() never ran in
         try:
             if params is not None or multirun:  # a params file, or one of a sweep's combinations of values
                 schema.validate(cfg, command, run_name)

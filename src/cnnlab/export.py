@@ -101,7 +101,8 @@ def export(net: torch.nn.Module, mean: list[float], std: list[float], images: to
         c, h, w = images.shape[1:]
         info = {**meta, "input": {"name": "images", "shape": [None, c, h, w],
                                   "dtype": "uint8" if uint8 else "float32",
-                                  "range": [0, 255] if uint8 else [0.0, 1.0], "layout": "NCHW, RGB"},
+                                  "range": [0, 255] if uint8 else [0.0, 1.0],
+                                  "layout": "NCHW, " + ("RGB" if c == 3 else "grayscale")},
                 "output": {"name": "logits", "shape": [None, len(meta["classes"])]},
                 "files": {f: f"model.{f}" for f in formats},
                 "check": {"images": len(images), "atol": atol, **checked}}

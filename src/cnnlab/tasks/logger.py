@@ -4,6 +4,7 @@ on."""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -82,11 +83,15 @@ def log_model(logger: SafeMLFlowLogger, net, example, metadata: dict, checkpoint
     import mlflow
     import torch
 
+    # named as its run (the MLflow UI lists logged models by name: "model" for all of them told none apart);
+    # a run name holds / and : (sweep jobs, DVC experiments), which a model name may not
+    name = re.sub(r"[^\w.-]+", "-", logger._run_name or "model")
+
     def _log() -> None:
         mlflow.set_tracking_uri(logger._tracking_uri)
         with mlflow.start_run(run_id=logger.run_id):
             # explicit requirements: MLflow's inference would import-trace the model in a subprocess (slow)
-            mlflow.pytorch.log_model(net, name="model", input_example=example, metadata=metadata,
+            mlflow.pytorch.log_model(net, name=name, input_example=example, metadata=metadata,
                                      extra_files=[str(checkpoint)],
                                      pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
 
