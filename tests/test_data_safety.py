@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CNNLAB, run_cli, snapshot
+from conftest import CNNLAB, refused, run_cli, snapshot
 from mlflow import MlflowClient
 
 from cnnlab.errors import UserError
@@ -26,14 +26,6 @@ from cnnlab.stages import prepare, train
 TINY = ["debug=tiny", "tracking.enabled=false"]
 
 
-
-
-def refused(p: subprocess.CompletedProcess, command: str, says: str) -> str:
-    lines = p.stderr.strip().splitlines()
-    assert p.returncode == 2 and len(lines) == 1, p.stderr
-    assert lines[0].startswith(f"cnnlab {command}: error: ") and says in lines[0], lines[0]
-    assert "Traceback" not in p.stdout + p.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +55,8 @@ def test_a_folder_cnnlab_did_not_make_is_refused(project, args):
         (ds / f).parent.mkdir(parents=True, exist_ok=True)
         (ds / f).write_text(f)
     before = snapshot(ds)
-    p = run_cli(*args, "out_dir=dataset", check=False, cwd=project)
-    refused(p, args[0], "out_dir=dataset is not a cnnlab folder (it holds eval, test, train)")
+    refused([*args, "out_dir=dataset"], "out_dir=dataset is not a cnnlab folder (it holds eval, test, train)",
+            cwd=project)
     assert snapshot(ds) == before and sorted(os.listdir(ds)) == ["eval", "test", "train"]
 
 
@@ -111,8 +103,7 @@ def test_a_signal_stops_training_resumably_in_one_line(project, sig, code):
 @pytest.mark.slow
 def test_a_second_training_into_the_same_folder_is_refused_until_the_first_dies(project):
     p = start(project, "busy", "tracking.enabled=false", epochs=200)  # outlasts a second start (~5 s)
-    refused(run_cli("train", *TINY, "out_dir=busy", check=False, cwd=project), "train",
-            "out_dir=busy is in use by another `cnnlab train`")
+    refused(["train", *TINY, "out_dir=busy"], "out_dir=busy is in use by another `cnnlab train`", cwd=project)
     assert p.poll() is None  # the first goes on, its .partial/ untouched
     os.kill(p.pid, signal.SIGKILL)  # the kernel releases the lock of a process killed outright
     p.wait()
@@ -122,9 +113,8 @@ def test_a_second_training_into_the_same_folder_is_refused_until_the_first_dies(
 
 def test_a_failed_run_leaves_nothing_in_a_good_runs_folder(project):
     before = snapshot(project / "good")
-    p = run_cli("train", *TINY, "optimizer=sgd", "optimizer.lr=1e38", "out_dir=good", check=False,
-                cwd=project)
-    refused(p, "train", "non-finite training loss")
+    refused(["train", *TINY, "optimizer=sgd", "optimizer.lr=1e38", "out_dir=good"],
+            "non-finite training loss", cwd=project)
     assert snapshot(project / "good") == before and not (project / "good/.partial").exists()
 
 
@@ -250,6 +240,32 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(cfg, workdir, s
         prepare.run(cfg("data=synthetic"))
     assert str(e.value) == "no space left on device writing data/prepared/synthetic"
     assert snapshot(workdir / "data") == before and not leftovers(workdir / "data")
+
+
+@pytest.fixture
+def full_disk(workdir):
+    """A real 300 KB file system (tmpfs): smaller than a checkpoint, an export or the prepared data."""
+    d = workdir / "full"
+    d.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(d)],
+                                           capture_output=True).returncode:
+        pytest.skip("needs root to mount a tmpfs")
+    yield d
+    subprocess.run(["umount", "-l", str(d)], check=True)
+
+
+def test_a_full_disk_through_the_cli(workdir, synthetic, full_disk):
+    """prepare, train and export onto a disk that fills: one line each (export used to abort the process
+    with SIGABRT from inside torch's zip writer), and nothing of theirs is left on it but cnnlab's marker."""
+    run_cli("train", *TINY, "out_dir=good")
+    cases = [("prepare", "data=synthetic", f"paths.prepared_dir={full_disk}/p"),
+             ("train", *TINY, f"out_dir={full_disk}/run"),
+             ("export", "data=synthetic", "tracking.enabled=false", "export.source=good/model/best.ckpt",
+              f"out_dir={full_disk}/x")]
+    for args in cases:
+        refused(args, "no space left on device writing")
+    left = sorted(str(p.relative_to(full_disk)) for p in full_disk.rglob("*") if p.is_file())
+    assert left == ["run/.cnnlab", "x/.cnnlab"], left
 
 
 # --- 7. checkpoints and MLflow on resume -------------------------------------------------------------------

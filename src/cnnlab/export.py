@@ -5,6 +5,7 @@ Every export checks itself against the PyTorch model on real images before anyth
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import warnings
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 
 from cnnlab.errors import UserError
-from cnnlab.io import atomic_dir, write_json
+from cnnlab.io import atomic_dir, no_space, write_json
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,6 @@ class ExportNet(torch.nn.Module):
 
 def _onnx(module: torch.nn.Module, example: torch.Tensor, path: Path, dims: dict) -> None:
     import contextlib
-    import io
 
     # the exporter narrates every pass (stdout and INFO logs); a failure still raises
     for name in ("onnx_ir", "onnxscript"):
@@ -87,26 +87,33 @@ def export(net: torch.nn.Module, mean: list[float], std: list[float], images: to
     example, dims = x[:2].contiguous(), {"images": {0: torch.export.Dim("batch", min=1, max=65536)}}
     with torch.inference_mode():
         expected = (reference or module)(x)
-    with atomic_dir(folder) as out:
-        outputs = {}
-        if "pt2" in formats:
-            program = torch.export.export(module, (example,), dynamic_shapes=dims)
-            torch.export.save(program, str(out / "model.pt2"))
-            with torch.inference_mode():
-                outputs["pt2"] = torch.export.load(str(out / "model.pt2")).module()(x)
-        if "onnx" in formats:
-            _onnx(module, example, out / "model.onnx", dims)
-            outputs["onnx"] = onnx_logits(onnx_session(out / "model.onnx"), x)
-        checked = check(expected, outputs, atol)
-        c, h, w = images.shape[1:]
-        info = {**meta, "input": {"name": "images", "shape": [None, c, h, w],
-                                  "dtype": "uint8" if uint8 else "float32",
-                                  "range": [0, 255] if uint8 else [0.0, 1.0],
-                                  "layout": "NCHW, " + ("RGB" if c == 3 else "grayscale")},
-                "output": {"name": "logits", "shape": [None, len(meta["classes"])]},
-                "files": {f: f"model.{f}" for f in formats},
-                "check": {"images": len(images), "atol": atol, **checked}}
-        write_json(out / "model.json", info)
+    try:
+        with atomic_dir(folder) as out:
+            outputs = {}
+            if "pt2" in formats:
+                program = torch.export.export(module, (example,), dynamic_shapes=dims)
+                # into memory first: torch's zip writer aborts the process (SIGABRT) when the disk fills under
+                # it, where Python's own write raises an OSError that names the file
+                buffer = io.BytesIO()
+                torch.export.save(program, buffer)
+                (out / "model.pt2").write_bytes(buffer.getvalue())
+                with torch.inference_mode():
+                    outputs["pt2"] = torch.export.load(str(out / "model.pt2")).module()(x)
+            if "onnx" in formats:
+                _onnx(module, example, out / "model.onnx", dims)
+                outputs["onnx"] = onnx_logits(onnx_session(out / "model.onnx"), x)
+            checked = check(expected, outputs, atol)
+            c, h, w = images.shape[1:]
+            info = {**meta, "input": {"name": "images", "shape": [None, c, h, w],
+                                      "dtype": "uint8" if uint8 else "float32",
+                                      "range": [0, 255] if uint8 else [0.0, 1.0],
+                                      "layout": "NCHW, " + ("RGB" if c == 3 else "grayscale")},
+                    "output": {"name": "logits", "shape": [None, len(meta["classes"])]},
+                    "files": {f: f"model.{f}" for f in formats},
+                    "check": {"images": len(images), "atol": atol, **checked}}
+            write_json(out / "model.json", info)
+    except OSError as e:
+        raise no_space(e, folder) or e from None  # atomic_dir has removed what was written
     log.info("exported %s → %s (max |Δlogit| %s on %d test images)", "+".join(formats), folder,
              ", ".join(f"{k} {v['max_abs_logit_diff']:.1e}" for k, v in checked.items()), len(images))
     return info
