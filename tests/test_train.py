@@ -191,3 +191,32 @@ def test_ddp_two_cpu_processes_one_run_same_accuracy(cli, workdir, synthetic):
     assert abs(ddp["best_val/acc"] - single["best_val/acc"]) <= 0.1  # 100 val images: within noise
     assert ddp["best_val/acc"] > 0.5
     assert len(mlflow_runs(workdir / "mlflow.db")) == 2  # one per training, whatever the process count
+
+
+@pytest.mark.parametrize("steps", [3, 4, 5, 6, 400])
+def test_onecycle_runs_short_runs_and_leaves_long_ones_as_torch_lays_them(steps):
+    """torch's OneCycleLR divided by zero on a 4-step run (1 epoch of 500 images, batch 128)."""
+    from torch.optim.lr_scheduler import OneCycleLR
+
+    from cnnlab.tasks.schedules import onecycle
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = onecycle(opt, total_steps=steps, steps_per_epoch=steps)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert max(lrs) <= 0.1 and lrs[-1] < lrs[0] < 0.1  # up to the peak, then down past the start
+    if steps >= 6:
+        ref = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        torch_sched = OneCycleLR(ref, max_lr=0.1, total_steps=steps, pct_start=0.25, final_div_factor=1e4)
+        assert sched.state_dict()["_schedule_phases"] == torch_sched.state_dict()["_schedule_phases"]
+
+
+def test_onecycle_refuses_a_run_too_short_for_it():
+    from cnnlab.tasks.schedules import onecycle
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(UserError, match="scheduler=onecycle needs at least 3 optimizer steps"):
+        onecycle(opt, total_steps=2, steps_per_epoch=2)

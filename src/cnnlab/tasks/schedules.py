@@ -10,6 +10,8 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
+from cnnlab.errors import UserError
+
 
 class _OneCycle(OneCycleLR):
     """OneCycleLR laid out over the run it is built for, like the other schedules here: torch saves the
@@ -25,6 +27,12 @@ class _OneCycle(OneCycleLR):
 def onecycle(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, pct_start: float = 0.25,
              div_factor: float = 25.0, final_div_factor: float = 1e4) -> LRScheduler:
     max_lr = [g["lr"] for g in optimizer.param_groups]  # the optimizer's lr is the peak
+    if total_steps < 3:
+        raise UserError(f"scheduler=onecycle needs at least 3 optimizer steps and this run has {total_steps}: "
+                        "train longer, or use scheduler=none")
+    # torch divides by each phase's length in steps (pct_start·total_steps − 1, then the rest): a short run
+    # (4 steps at 0.25) divided by 0; at least 1.5 steps up and 1 down. Runs of >= 6 steps are unchanged.
+    pct_start = min(max(pct_start, 1.5 / total_steps), 1 - 1 / total_steps)
     return _OneCycle(optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start,
                      div_factor=div_factor, final_div_factor=final_div_factor)
 
