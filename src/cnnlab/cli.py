@@ -171,6 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         _fail(command, f"unknown command; valid: {', '.join(COMMANDS)}")
+    # MLflow draws a progress bar for every artifact it downloads (a registered model's checkpoint, a file of
+    # the logged model): noise between cnnlab's own lines
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     debug = "--debug" in rest
     rest = [a for a in rest if a != "--debug"]
     if debug:

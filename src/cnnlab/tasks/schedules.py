@@ -28,8 +28,8 @@ def onecycle(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, pct_s
              div_factor: float = 25.0, final_div_factor: float = 1e4) -> LRScheduler:
     max_lr = [g["lr"] for g in optimizer.param_groups]  # the optimizer's lr is the peak
     if total_steps < 3:
-        raise UserError(f"scheduler=onecycle needs at least 3 optimizer steps and this run has {total_steps}: "
-                        "train longer, or use scheduler=none")
+        raise UserError(f"scheduler=onecycle needs at least 3 optimizer steps and this run has "
+                        f"{total_steps}: train longer, or use scheduler=none")
     # torch divides by each phase's length in steps (pct_start·total_steps − 1, then the rest): a short run
     # (4 steps at 0.25) divided by 0; at least 1.5 steps up and 1 down. Runs of >= 6 steps are unchanged.
     pct_start = min(max(pct_start, 1.5 / total_steps), 1 - 1 / total_steps)
