@@ -136,3 +136,17 @@ def test_pipeline_report_gives_training_set_sizes_and_figures_full_size(cfg, wor
     # every figure opens full size: a toggle (no script, no second copy) around each image
     assert page.count("<img ") == page.count('class="zoom"') == 4
     assert page.count('<figure class="wide">') == 2  # the prediction grids, at page width
+
+
+def test_the_report_shows_an_extended_run_with_its_new_length(cfg, synthetic, monkeypatch):
+    """MLflow keeps a resumed run's first params: its later values (resumed_with.* tags) are what it changes.
+    A run of the pipeline's `dvc repro` says so, not "by hand"."""
+    from cnnlab import tracking
+
+    train.run(cfg(*TINY, "trainer.max_epochs=1"))
+    train.run(cfg(*TINY, "trainer.max_epochs=3", "resume=true"))
+    monkeypatch.setenv("DVC_STAGE", "train")
+    train.run(cfg(*TINY, "out_dir=staged"))
+    extended, staged = sorted(tracking.experiments(cfg(*TINY)), key=lambda r: r["started"])
+    assert extended["changes"] == {"trainer.max_epochs": "3"}
+    assert staged["dvc_stage"] == "train" and not staged["changes"]

@@ -381,7 +381,10 @@ def experiments(cfg: DictConfig) -> list[dict[str, Any]]:
     except Exception as e:  # the report still shows the pipeline's own files
         log.warning("MLflow: runs not read (%s: %s)", type(e).__name__, e)
         return []
-    params = {r.info.run_id: compared(r.data.params) for r in runs}
+    # a run extended on resume keeps its first params (MLflow refuses a change): its later values are tags
+    params = {r.info.run_id: compared({**r.data.params, **{
+        k.removeprefix("resumed_with."): v for k, v in r.data.tags.items() if k.startswith("resumed_with.")}})
+        for r in runs}
     jobs: dict[str, list[dict[str, str]]] = {}
     for r in runs:
         if sweep := r.data.tags.get("sweep_id"):
@@ -400,6 +403,7 @@ def experiments(cfg: DictConfig) -> list[dict[str, Any]]:
             "name": i.run_name + (f" ({Path(t['out_dir']).name if t.get('out_dir') else i.run_id[:8]})"
                                   if by_hand else ""),
             "run_id": i.run_id, "started": i.start_time, "dvc_exp": t.get("dvc_exp_name"),
+            "dvc_stage": t.get("dvc_stage"),
             "baseline": (rev or "")[:7], "sweep": t.get("sweep_id"),
             "git": t.get("git_sha", "")[:7] + ("*" if t.get("git_dirty") == "True" else ""),
             "state": "pruned" if t.get("optuna_state") == "PRUNED" else i.status.lower(),

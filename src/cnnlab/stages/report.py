@@ -203,7 +203,8 @@ def _experiments_section(cfg: DictConfig) -> dict | None:
     return {"uri": tracking.tracking_uri(cfg).split("?")[0], "table": _table([{
         "run": r["name"],
         "from": (f"DVC {r['dvc_exp']} of {r['baseline'] or '?'}" if r["dvc_exp"]
-                 else f"sweep {r['sweep']}" if r["sweep"] else "by hand"),
+                 else f"sweep {r['sweep']}" if r["sweep"]
+                 else f"dvc repro ({r['dvc_stage']})" if r["dvc_stage"] else "by hand"),
         "started": _time(r["started"]), "git": r["git"],
         "changes": ", ".join(f"{k}={v[:CHANGE_WIDTH]}" for k, v in r["changes"].items()) or "(baseline)",
         "val/acc (best)": r["val_acc"], "test accuracy": r["test_acc"],
