@@ -8,6 +8,7 @@ trajectory; then `--ablation`: the median time of one evaluation for each speed-
 Sizes alternate within each repeat so machine noise (a shared 2-core box) hits them alike; CPU time of the
 process is printed next to wall time (other tenants inflate wall time, much less CPU time).
 """
+# ruff: noqa: E402 — torch is imported after the OpenMP wait policy is set, as `cnnlab style` does
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ import platform
 import statistics
 import time
 
-import cnnlab.stages.style  # noqa: F401  first: picks the OpenMP wait policy as `cnnlab style` does
+from cnnlab.cli import _omp_policy
+
+_omp_policy("style")  # before torch loads OpenMP: the wait policy `cnnlab style` picks (its entry point)
 
 # isort: split
 import torch

@@ -26,11 +26,6 @@ def _show(value: Any) -> str:
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else repr(value)
 
 
-def check_name(key: str, value: Any) -> None:
-    """`value` becomes a folder name (data/prepared/<data.name>/, a style result, ...): refuse paths."""
-    if not (isinstance(value, str) and NAME.fullmatch(value)):
-        raise UserError(f"{key}={_show(value)}: {NAME_RULE}")
-
 
 def _strategy(value: str) -> str:
     if value not in STRATEGIES:  # the rarer names (ddp_find_unused_parameters_true, ...): a 3-5 s import

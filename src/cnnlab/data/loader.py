@@ -113,6 +113,3 @@ class PreparedData(pl.LightningDataModule):
 
     def val_dataloader(self) -> TensorBatches:
         return self._batches("val", False)
-
-    def test_dataloader(self) -> TensorBatches:
-        return self._batches("test", False)

@@ -238,9 +238,6 @@ class Classifier(pl.LightningModule):
                             f"optimizer.lr or set trainer.gradient_clip_val ({self._kept()})")
         self._saved = True
 
-    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self(batch[0]).float()
-
     def configure_optimizers(self):
         if self.optimizer_factory is None or self.lr is None:
             raise RuntimeError("Classifier built without an optimizer and lr (loaded for inference only)")
