@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         _quiet()  # a joblib launcher's job runs in a worker process, which main() never ran in
         try:
             if params is not None or multirun:  # a params file, or one of a sweep's combinations of values
-                schema.validate(cfg, command, run_name)
+                schema.validate(cfg, command, run_name, sweep=multirun)
             # `dvc exp run -S` composes params.yaml itself (no hand edit: `cnnlab params` may replace it
             # later); a plain `dvc repro` should find exactly conf/'s
             if params is not None and os.environ.get("DVC_EXP_NAME"):

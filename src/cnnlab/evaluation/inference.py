@@ -4,7 +4,6 @@ augmentation for any of them)."""
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -47,7 +46,6 @@ def registered_checkpoint(uri: str, tracking_uri: str, folder: Path) -> Path:
     whatever code whoever logged it put there."""
     import mlflow
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr is for one-line errors
     mlflow.set_tracking_uri(tracking_uri)
     try:
         mlflow.models.get_model_info(uri)  # its MLmodel file (YAML): data

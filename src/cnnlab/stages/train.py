@@ -41,10 +41,6 @@ def run(cfg: DictConfig) -> float:
     """Compose the model, data, logger and callbacks from cfg → fit → record the run. Returns the best
     monitored value."""
     t0 = time.perf_counter()
-    if sweep.sweep_dir() is not None and cfg.trainer.strategy == "ddp" and cfg.trainer.devices != 1:
-        raise UserError("strategy=ddp inside a multirun re-launches the whole sweep in every process (a "
-                        "Lightning + Hydra limitation): use trainer.strategy=ddp_spawn, or one launcher job "
-                        "per GPU set (hydra/launcher=slurm)")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = data_dir(cfg)
     manifest = load_manifest(data)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import pickle
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -87,7 +88,7 @@ def _check_hparams(path: Path, hp: dict) -> None:
     """What the network and the preprocessing are built from, before anything is built: sizes within reason
     (a network for 100000×100000 images would be allocated whole), statistics per channel, and no OmegaConf
     interpolation (`${oc.env:...}` would be resolved when the net config is read)."""
-    if found := _interpolation(hp, "hyper_parameters"):
+    if found := _interpolation(hp):
         raise InvalidCheckpoint(path, f"{found} holds an interpolation: refused, a checkpoint's values are "
                                       "never resolved")
     shape, n, names = hp["in_shape"], hp["num_classes"], hp["class_names"]
@@ -112,23 +113,24 @@ def _numbers(v: object, kind: type) -> bool:
     return isinstance(v, (list, tuple)) and all(type(x) in kinds and math.isfinite(x) for x in v)
 
 
-def _interpolation(node: object, where: str) -> str | None:
-    """The first value that OmegaConf would resolve (`${...}`), named by its key."""
-    if isinstance(node, dict):
-        return next((f for k, v in node.items() if (f := _interpolation(v, f"{where}.{k}"))), None)
-    if isinstance(node, (list, tuple)):
-        return next((f for i, v in enumerate(node) if (f := _interpolation(v, f"{where}[{i}]"))), None)
-    return where if isinstance(node, str) and "${" in node else None
+def _leaves(node: object, where: str) -> Iterator[tuple[str, object, object]]:
+    """(path, key, value) of everything under a config node, depth first."""
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list | tuple) \
+        else ()
+    for k, v in children:
+        path = f"{where}.{k}" if isinstance(node, dict) else f"{where}[{k}]"
+        yield path, k, v
+        yield from _leaves(v, path)
 
 
-def _hydra_keys(node: object, where: str = "net", top: bool = True) -> list[str]:
+def _hydra_keys(net: dict) -> list[str]:
     """Hydra's instantiation keys in a net config, other than the top-level _target_."""
-    if isinstance(node, dict):
-        return [f"{where}.{k}" for k in node if str(k).startswith("_") and not (top and k == "_target_")] + [
-            bad for k, v in node.items() for bad in _hydra_keys(v, f"{where}.{k}", False)]
-    if isinstance(node, (list, tuple)):
-        return [bad for i, v in enumerate(node) for bad in _hydra_keys(v, f"{where}[{i}]", False)]
-    return []
+    return [p for p, k, _ in _leaves(net, "net") if str(k).startswith("_") and p != "net._target_"]
+
+
+def _interpolation(hp: dict) -> str | None:
+    """The first value that OmegaConf would resolve (`${...}`), named by its key."""
+    return next((p for p, _, v in _leaves(hp, "hyper_parameters") if isinstance(v, str) and "${" in v), None)
 
 
 def check_fit(path: Path, model: pl.LightningModule, ckpt: dict) -> None:
